@@ -1,0 +1,86 @@
+"""The verdict as the pipeline hands it to persistence: frozen records, no database types.
+
+A ``VerdictRecord`` is one judgement of one piece of media by one engine. Its children are the
+per-frame (or per-face) scores, the per-track summaries and any masks. ``daemon.repository``
+turns it into rows; nothing else in the daemon knows about SQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+VerdictStatus = Literal["ok", "abstained", "error"]
+
+
+@dataclass(frozen=True)
+class EngineIdentity:
+    name: str
+    version: int
+    artifact_sha256: str
+
+
+@dataclass(frozen=True)
+class FrameScoreRecord:
+    """Score of one sampled frame (full-frame mode) or one face in it (face mode)."""
+
+    frame_index: int
+    p_fake: float
+    pts_s: float | None = None
+    face_index: int | None = None
+    track_id: int | None = None
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 in source pixels
+    face_confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class TrackSummaryRecord:
+    track_id: int
+    n_frames: int
+    p_fake: float
+    first_frame: int
+    last_frame: int
+
+
+@dataclass(frozen=True)
+class MaskRecord:
+    frame_index: int
+    png: bytes
+    width: int
+    height: int
+    track_id: int | None = None
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    job_id: str
+    source: str  # "scan" | "kafka"
+    media_uri: str
+    status: VerdictStatus
+    engine: EngineIdentity
+    media_sha256: str | None = None
+    media_type: str | None = None  # "video" | "image"
+    label: str | None = None  # "fake" | "real" when status == "ok"
+    p_fake: float | None = None
+    class_probs: dict[str, float] | None = None
+    threshold: float | None = None
+    code: str | None = None  # abstain or error code, e.g. "no_face", "corrupt_media"
+    detail: str | None = None
+    aggregation: str | None = None
+    frames_requested: int | None = None
+    frames_sampled: int | None = None
+    # media facts
+    container: str | None = None
+    codec: str | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    duration_s: float | None = None
+    size_bytes: int | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None  # set by the database when None
+    frames: tuple[FrameScoreRecord, ...] = ()
+    tracks: tuple[TrackSummaryRecord, ...] = ()
+    masks: tuple[MaskRecord, ...] = ()

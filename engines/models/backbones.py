@@ -1,0 +1,86 @@
+"""OpenCLIP image towers built from a recipe's ``BackboneSpec`` — never fetched from a hub.
+
+Named SigLIP-2 configs (``ViT-B-16-SigLIP2-256`` …) build with random weights unless the spec points
+at a local checkpoint; tiny towers for tests and the demo are declared inline in their recipe.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engines.errors import EngineError
+from engines.recipes import BackboneSpec
+
+_CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors")
+
+
+def build_image_tower(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    """Return the image tower and the width of its pooled embedding."""
+    import open_clip
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+    if spec.open_clip is not None:
+        config = open_clip.get_model_config(spec.open_clip)
+        if config is None:
+            raise KeyError(f"open_clip has no model config {spec.open_clip!r}")
+        vision_cfg, embed_dim = dict(config["vision_cfg"]), int(config["embed_dim"])
+    else:
+        vision_cfg, embed_dim = dict(spec.vision_cfg or {}), int(spec.embed_dim or 0)
+    if spec.image_size is not None:
+        vision_cfg["image_size"] = spec.image_size
+    tower = _build_vision_tower(embed_dim, CLIPVisionCfg(**vision_cfg))
+    if spec.weights:
+        load_tower_weights(tower, Path(spec.weights))
+    return tower, embed_dim
+
+
+def _resolve_checkpoint(path: Path) -> Path:
+    if path.is_dir():
+        for name in _CHECKPOINT_NAMES:
+            if (path / name).exists():
+                return path / name
+        raise EngineError(f"no open_clip checkpoint ({', '.join(_CHECKPOINT_NAMES)}) in {path}")
+    if not path.exists():
+        raise EngineError(f"backbone weights not found: {path}")
+    return path
+
+
+def load_tower_weights(tower: nn.Module, path: Path) -> None:
+    """Load a full open_clip checkpoint (``visual.*`` keys) or a tower-only state dict into ``tower``."""
+    checkpoint = _resolve_checkpoint(path)
+    if checkpoint.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(checkpoint))
+    else:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    missing, unexpected = tower.load_state_dict(visual or state, strict=False)
+    if missing or unexpected:
+        raise EngineError(
+            f"{checkpoint} does not fit the tower: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+
+
+def tower_blocks(tower: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of an open_clip tower, native or timm-backed, in depth order."""
+    trunk = getattr(tower, "trunk", None)
+    if trunk is not None and hasattr(trunk, "blocks"):
+        return list(trunk.blocks)
+    transformer = getattr(tower, "transformer", None)
+    if transformer is not None and hasattr(transformer, "resblocks"):
+        return list(transformer.resblocks)
+    raise TypeError(f"cannot find transformer blocks in {type(tower).__name__}")
+
+
+def set_trainable_blocks(tower: nn.Module, last_blocks: int) -> None:
+    """Freeze the tower, then unfreeze its last ``last_blocks`` blocks (-1: everything)."""
+    tower.requires_grad_(last_blocks == -1)
+    if last_blocks > 0:
+        for block in tower_blocks(tower)[-last_blocks:]:
+            block.requires_grad_(True)

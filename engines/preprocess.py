@@ -1,0 +1,81 @@
+"""Pixels in, engine input out — one definition shared by training, export checks and serving.
+
+Everything that shapes pixels is an ``InputContract``: it is written into the engine manifest when an
+engine is built and the daemon reads it from there only, so training and serving cannot drift apart.
+The maths runs in torch so the same code serves CPU and GPU tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+ResizeMode = Literal["squash", "shorter_center_crop", "longest_pad"]
+CropMode = Literal["face", "full"]
+
+
+class InputContract(BaseModel):
+    """What an engine expects: size, resize rule, crop mode, normalisation and channel order."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    size: int = Field(gt=0, description="square side in pixels")
+    resize_mode: ResizeMode = "squash"
+    crop_mode: CropMode = "face"
+    face_margin: float = Field(default=0.3, ge=0.0, description="extra side around the face box, as a fraction")
+    min_face_confidence: float = Field(default=0.9, ge=0.0, le=1.0)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    color_order: Literal["RGB", "BGR"] = "RGB"
+
+
+def _resize(chw: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    return F.interpolate(chw[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def fit_to_square(chw: torch.Tensor, size: int, mode: ResizeMode) -> torch.Tensor:
+    """Resize a float CHW image to ``size``×``size`` by the contract's rule.
+
+    ``squash`` ignores the aspect ratio; ``shorter_center_crop`` scales the shorter side to ``size``
+    and crops the centre; ``longest_pad`` scales the longer side to ``size`` and pads the rest with
+    zeros (black), keeping the image centred.
+    """
+    _, h, w = chw.shape
+    if mode == "squash":
+        return _resize(chw, size, size)
+    scale = size / min(h, w) if mode == "shorter_center_crop" else size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = _resize(chw, nh, nw)
+    if mode == "shorter_center_crop":
+        top, left = (nh - size) // 2, (nw - size) // 2
+        return resized[:, top : top + size, left : left + size]
+    pad_top, pad_left = (size - nh) // 2, (size - nw) // 2
+    return F.pad(resized, (pad_left, size - nw - pad_left, pad_top, size - nh - pad_top))
+
+
+def preprocess_image(rgb: np.ndarray | torch.Tensor, contract: InputContract) -> torch.Tensor:
+    """One RGB uint8 HWC image → normalised float32 CHW tensor of the contract's size."""
+    hwc = torch.as_tensor(rgb)
+    if hwc.ndim != 3 or hwc.shape[2] != 3:
+        raise ValueError(f"expected an H×W×3 RGB image, got shape {tuple(hwc.shape)}")
+    chw = hwc.permute(2, 0, 1).float().div_(255.0)
+    if contract.color_order == "BGR":
+        chw = chw.flip(0)
+    chw = fit_to_square(chw, contract.size, contract.resize_mode).clamp_(0.0, 1.0)
+    mean = torch.tensor(contract.mean, dtype=chw.dtype, device=chw.device)[:, None, None]
+    std = torch.tensor(contract.std, dtype=chw.dtype, device=chw.device)[:, None, None]
+    return (chw - mean) / std
+
+
+def preprocess_batch(images: Sequence[np.ndarray | torch.Tensor], contract: InputContract) -> np.ndarray:
+    """A batch of RGB images of any sizes → contiguous float32 NCHW array for an engine."""
+    if not images:
+        return np.zeros((0, 3, contract.size, contract.size), dtype=np.float32)
+    with torch.inference_mode():
+        batch = torch.stack([preprocess_image(img, contract) for img in images])
+    return np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
