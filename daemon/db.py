@@ -1,0 +1,139 @@
+"""Database plumbing at the daemon's edge: engines, sessions, migrations and outage errors.
+
+Nothing here runs at import; every engine is made by the caller that needs it. SQLite is the embedded
+default, PostgreSQL the production database; the schema itself lives in ``alembic/`` and is applied
+with :func:`upgrade_database`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from engines.errors import DeepsiftError, RetryableError
+
+ALEMBIC_DIR = Path(__file__).resolve().parents[1] / "alembic"
+
+# SQLSTATE classes that mean "the server or the moment", not "the statement": connection exception,
+# transaction rollback (serialization failure, deadlock), insufficient resources, operator intervention.
+_RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
+_RETRYABLE_SQLITE_MESSAGES = ("database is locked", "database table is locked", "unable to open database", "disk i/o")
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine for ``url``; SQLite gets its directory, foreign keys and WAL, PostgreSQL pre-ping."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    database_file = _sqlite_file(parsed)
+    if database_file is not None:
+        database_file.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed)
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose loaded objects stay readable after commit, since verdicts never change."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Config:
+    """An Alembic configuration built in code, so the daemon needs no alembic.ini at run time."""
+    config = Config()
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    # Passed as an attribute, not an option: ConfigParser would choke on '%' in an encoded password.
+    config.attributes["database_url"] = url
+    return config
+
+
+def upgrade_database(url: str, revision: str = "head") -> None:
+    """Migrate the schema up to ``revision``; a database already there is left as it is."""
+    with translate_outages():
+        command.upgrade(alembic_config(url), revision)
+
+
+def downgrade_database(url: str, revision: str) -> None:
+    """Migrate the schema down to ``revision`` (``"base"`` removes every table, view and trigger)."""
+    with translate_outages():
+        command.downgrade(alembic_config(url), revision)
+
+
+def current_revision(url: str) -> str | None:
+    """The Alembic revision the database is at, or None when it was never migrated."""
+    engine = make_engine(url)
+    try:
+        with translate_outages(), engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+class SchemaError(DeepsiftError):
+    """The database schema is not the one this code was written for; an operator must migrate."""
+
+
+def require_current_schema(engine: Engine) -> None:
+    """Refuse to run against a database whose schema is not at the newest migration."""
+    with translate_outages(), engine.connect() as connection:
+        found = MigrationContext.configure(connection).get_current_revision()
+    head = ScriptDirectory.from_config(
+        alembic_config(engine.url.render_as_string(hide_password=False))
+    ).get_current_head()
+    if found != head:
+        raise SchemaError(f"database schema is at {found or 'nothing'}, code expects {head}: run `daemon db upgrade`")
+
+
+@contextmanager
+def translate_outages() -> Iterator[None]:
+    """Re-raise database errors that a later attempt may not hit as ``RetryableError``; others pass."""
+    try:
+        yield
+    except DBAPIError as error:
+        if is_outage(error):
+            raise RetryableError(f"database unavailable: {error.orig}") from error
+        raise
+
+
+def is_outage(error: DBAPIError) -> bool:
+    """True when the database could not be reached or was busy, rather than refusing the statement."""
+    if error.connection_invalidated:
+        return True
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate:
+        return sqlstate[:2] in _RETRYABLE_SQLSTATE_CLASSES
+    if isinstance(error.orig, sqlite3.Error):
+        message = str(error.orig).lower()
+        return any(fragment in message for fragment in _RETRYABLE_SQLITE_MESSAGES)
+    # A server error always carries a SQLSTATE; without one the server never answered.
+    return isinstance(error, OperationalError)
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    """The file behind a SQLite URL, or None for in-memory and URI-style databases."""
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _connection_record: Any) -> None:
+    """SQLite leaves foreign keys off per connection; WAL lets readers (dashboards) run beside the writer."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cursor.close()

@@ -1,0 +1,147 @@
+"""The daemon's SQL schema as SQLAlchemy ORM models: one verdict row and its append-only children.
+
+These classes mirror ``alembic/versions``; the migrations create the schema, and a test compares the
+two so they cannot drift. Only ``daemon.repository`` should touch them; the rest of the daemon speaks
+``daemon.records``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeEngine
+
+# Deterministic constraint names, so SQLite and PostgreSQL agree and migrations can name what they drop.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+VERDICT_STATUSES = ("ok", "abstained", "error")
+
+# BIGINT on PostgreSQL; plain INTEGER on SQLite, because only "INTEGER PRIMARY KEY" autoincrements there.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def json_document() -> TypeEngine[Any]:
+    """JSONB on PostgreSQL (indexable for analysts), JSON elsewhere; Python None is stored as SQL NULL."""
+    return JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Verdict(Base):
+    """One judgement of one piece of media by one engine; never updated, re-scoring adds a row."""
+
+    __tablename__ = "verdicts"
+    __table_args__ = (
+        UniqueConstraint("job_id", "engine_name", "engine_version", name="uq_verdicts_job_engine"),
+        CheckConstraint("status IN ('ok', 'abstained', 'error')", name="status"),
+        # (job_id, id) serves both job look-ups and "newest verdict per job" without touching the heap.
+        Index("ix_verdicts_job_id_id", "job_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(Text)
+    media_uri: Mapped[str] = mapped_column(Text)
+    media_sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    media_type: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    label: Mapped[str | None] = mapped_column(Text)
+    p_fake: Mapped[float | None] = mapped_column(Double)
+    class_probs: Mapped[dict[str, float] | None] = mapped_column(json_document())
+    threshold: Mapped[float | None] = mapped_column(Double)
+    code: Mapped[str | None] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+    engine_name: Mapped[str] = mapped_column(Text)
+    engine_version: Mapped[int] = mapped_column(Integer)
+    engine_artifact_sha256: Mapped[str] = mapped_column(String(64))
+    aggregation: Mapped[str | None] = mapped_column(Text)
+    frames_requested: Mapped[int | None] = mapped_column(Integer)
+    frames_sampled: Mapped[int | None] = mapped_column(Integer)
+    container: Mapped[str | None] = mapped_column(Text)
+    codec: Mapped[str | None] = mapped_column(Text)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    fps: Mapped[float | None] = mapped_column(Double)
+    duration_s: Mapped[float | None] = mapped_column(Double)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    timings_ms: Mapped[dict[str, float]] = mapped_column(json_document())
+    job_metadata: Mapped[dict[str, Any]] = mapped_column(json_document())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
+
+    frames: Mapped[list[VerdictFrame]] = relationship(order_by="VerdictFrame.id")
+    tracks: Mapped[list[VerdictTrack]] = relationship(order_by="VerdictTrack.id")
+    masks: Mapped[list[VerdictMask]] = relationship(order_by="VerdictMask.id")
+
+
+class VerdictFrame(Base):
+    """Score of one sampled frame, or of one face in it; the box is in source pixels."""
+
+    __tablename__ = "verdict_frames"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    verdict_id: Mapped[int] = mapped_column(RowId, ForeignKey("verdicts.id"), index=True)
+    frame_index: Mapped[int] = mapped_column(Integer)
+    pts_s: Mapped[float | None] = mapped_column(Double)
+    face_index: Mapped[int | None] = mapped_column(Integer)
+    track_id: Mapped[int | None] = mapped_column(Integer)
+    x0: Mapped[float | None] = mapped_column(Double)
+    y0: Mapped[float | None] = mapped_column(Double)
+    x1: Mapped[float | None] = mapped_column(Double)
+    y1: Mapped[float | None] = mapped_column(Double)
+    face_confidence: Mapped[float | None] = mapped_column(Double)
+    p_fake: Mapped[float] = mapped_column(Double)
+
+
+class VerdictTrack(Base):
+    """Summary of one face track across the sampled frames of a video."""
+
+    __tablename__ = "verdict_tracks"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    verdict_id: Mapped[int] = mapped_column(RowId, ForeignKey("verdicts.id"), index=True)
+    track_id: Mapped[int] = mapped_column(Integer)
+    n_frames: Mapped[int] = mapped_column(Integer)
+    p_fake: Mapped[float] = mapped_column(Double)
+    first_frame: Mapped[int] = mapped_column(Integer)
+    last_frame: Mapped[int] = mapped_column(Integer)
+
+
+class VerdictMask(Base):
+    """A manipulation mask (PNG) for one frame, from detectors that localise."""
+
+    __tablename__ = "verdict_masks"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    verdict_id: Mapped[int] = mapped_column(RowId, ForeignKey("verdicts.id"), index=True)
+    frame_index: Mapped[int] = mapped_column(Integer)
+    track_id: Mapped[int | None] = mapped_column(Integer)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    png: Mapped[bytes] = mapped_column(LargeBinary)

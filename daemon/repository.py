@@ -1,0 +1,216 @@
+"""Verdicts in and out of SQL: the only module that turns ``daemon.records`` into rows and back.
+
+Saving is idempotent per (job, engine name, engine version), so a Kafka re-delivery after a crash
+between the SQL commit and the offset commit stores nothing twice. The unique constraint decides
+races between daemons, not a read-then-write check.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, column, func, select, table
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
+
+from daemon.db import session_factory, translate_outages
+from daemon.models import Verdict, VerdictFrame, VerdictMask, VerdictTrack
+from daemon.records import (
+    EngineIdentity,
+    FrameScoreRecord,
+    MaskRecord,
+    TrackSummaryRecord,
+    VerdictRecord,
+)
+
+# The view the migration creates; only its key columns are needed to pick rows from ``verdicts``.
+_latest_verdicts = table("latest_verdicts", column("id"), column("job_id"))
+
+# Columns copied one to one between VerdictRecord and Verdict.
+_PLAIN_FIELDS = (
+    "job_id",
+    "source",
+    "media_uri",
+    "status",
+    "media_sha256",
+    "media_type",
+    "label",
+    "p_fake",
+    "class_probs",
+    "threshold",
+    "code",
+    "detail",
+    "aggregation",
+    "frames_requested",
+    "frames_sampled",
+    "container",
+    "codec",
+    "width",
+    "height",
+    "fps",
+    "duration_s",
+    "size_bytes",
+    "timings_ms",
+)
+
+
+@dataclass(frozen=True)
+class SavedVerdict:
+    """Where a verdict landed; ``created`` is False when the job was already judged by this engine."""
+
+    id: int
+    created: bool
+
+
+class VerdictRepository:
+    """Append-only store of verdicts; database outages surface as ``RetryableError``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._sessions = session_factory(engine)
+
+    def save(self, record: VerdictRecord) -> SavedVerdict:
+        """Insert the verdict and its children in one transaction, or return the row already there."""
+        with translate_outages():
+            existing = self.find_id(record.job_id, record.engine)
+            if existing is not None:
+                return SavedVerdict(existing, created=False)
+            try:
+                return SavedVerdict(self._insert(record), created=True)
+            except IntegrityError:
+                # Another daemon won the race for the unique key; its row is the answer.
+                existing = self.find_id(record.job_id, record.engine)
+                if existing is None:
+                    raise
+                return SavedVerdict(existing, created=False)
+
+    def find_id(self, job_id: str, engine: EngineIdentity) -> int | None:
+        """The id of this engine's verdict for the job, so a re-delivered job can skip inference."""
+        query = select(Verdict.id).where(
+            Verdict.job_id == job_id,
+            Verdict.engine_name == engine.name,
+            Verdict.engine_version == engine.version,
+        )
+        with translate_outages(), self._sessions() as session:
+            return session.scalar(query)
+
+    def get(self, verdict_id: int) -> VerdictRecord:
+        """The stored verdict with its children in insertion order; KeyError when there is none."""
+        with translate_outages(), self._sessions() as session:
+            row = session.get(Verdict, verdict_id, options=_WITH_CHILDREN)
+            if row is None:
+                raise KeyError(verdict_id)
+            return _to_record(row)
+
+    def latest_for_job(self, job_id: str) -> VerdictRecord | None:
+        """The newest verdict for a job across engines, as the ``latest_verdicts`` view defines it."""
+        newest_id = select(_latest_verdicts.c.id).where(_latest_verdicts.c.job_id == job_id).scalar_subquery()
+        query = select(Verdict).where(Verdict.id == newest_id).options(*_WITH_CHILDREN)
+        with translate_outages(), self._sessions() as session:
+            row = session.scalar(query)
+            return None if row is None else _to_record(row)
+
+    def count(self) -> int:
+        """Number of verdict rows, every engine and re-scoring included."""
+        with translate_outages(), self._sessions() as session:
+            return session.scalar(select(func.count()).select_from(Verdict)) or 0
+
+    def _insert(self, record: VerdictRecord) -> int:
+        with self._sessions.begin() as session:
+            row = _to_row(record)
+            session.add(row)
+            session.flush()
+            return row.id
+
+
+_WITH_CHILDREN = (selectinload(Verdict.frames), selectinload(Verdict.tracks), selectinload(Verdict.masks))
+
+
+def _to_row(record: VerdictRecord) -> Verdict:
+    """Flatten the record: engine identity into three columns, boxes into x0..y1, children into rows."""
+    row = Verdict(
+        **{name: getattr(record, name) for name in _PLAIN_FIELDS},
+        engine_name=record.engine.name,
+        engine_version=record.engine.version,
+        engine_artifact_sha256=record.engine.artifact_sha256,
+        job_metadata=record.metadata,
+        frames=[_frame_row(frame) for frame in record.frames],
+        tracks=[_track_row(track) for track in record.tracks],
+        masks=[_mask_row(mask) for mask in record.masks],
+    )
+    if record.created_at is not None:
+        row.created_at = _as_utc(record.created_at)
+    return row
+
+
+def _frame_row(frame: FrameScoreRecord) -> VerdictFrame:
+    x0, y0, x1, y1 = frame.box if frame.box is not None else (None, None, None, None)
+    return VerdictFrame(
+        frame_index=frame.frame_index,
+        pts_s=frame.pts_s,
+        face_index=frame.face_index,
+        track_id=frame.track_id,
+        x0=x0,
+        y0=y0,
+        x1=x1,
+        y1=y1,
+        face_confidence=frame.face_confidence,
+        p_fake=frame.p_fake,
+    )
+
+
+def _track_row(track: TrackSummaryRecord) -> VerdictTrack:
+    return VerdictTrack(
+        track_id=track.track_id,
+        n_frames=track.n_frames,
+        p_fake=track.p_fake,
+        first_frame=track.first_frame,
+        last_frame=track.last_frame,
+    )
+
+
+def _mask_row(mask: MaskRecord) -> VerdictMask:
+    return VerdictMask(
+        frame_index=mask.frame_index, track_id=mask.track_id, width=mask.width, height=mask.height, png=mask.png
+    )
+
+
+def _to_record(row: Verdict) -> VerdictRecord:
+    """Rebuild the frozen record; ``created_at`` always comes back timezone-aware (UTC)."""
+    return VerdictRecord(
+        **{name: getattr(row, name) for name in _PLAIN_FIELDS},
+        engine=EngineIdentity(row.engine_name, row.engine_version, row.engine_artifact_sha256),
+        metadata=row.job_metadata,
+        created_at=_as_utc(row.created_at),
+        frames=tuple(_frame_record(frame) for frame in row.frames),
+        tracks=tuple(_track_record(track) for track in row.tracks),
+        masks=tuple(_mask_record(mask) for mask in row.masks),
+    )
+
+
+def _frame_record(row: VerdictFrame) -> FrameScoreRecord:
+    box = (row.x0, row.y0, row.x1, row.y1)
+    return FrameScoreRecord(
+        frame_index=row.frame_index,
+        p_fake=row.p_fake,
+        pts_s=row.pts_s,
+        face_index=row.face_index,
+        track_id=row.track_id,
+        box=None if any(edge is None for edge in box) else box,
+        face_confidence=row.face_confidence,
+    )
+
+
+def _track_record(row: VerdictTrack) -> TrackSummaryRecord:
+    return TrackSummaryRecord(row.track_id, row.n_frames, row.p_fake, row.first_frame, row.last_frame)
+
+
+def _mask_record(row: VerdictMask) -> MaskRecord:
+    return MaskRecord(row.frame_index, row.png, row.width, row.height, row.track_id)
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """SQLite keeps no zone (its CURRENT_TIMESTAMP is UTC); store and return UTC on both dialects."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)

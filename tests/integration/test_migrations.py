@@ -1,0 +1,99 @@
+"""The Alembic migrations against real databases: they match the ORM models and run both ways."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Column, Integer, MetaData, inspect, text
+from sqlalchemy.exc import IntegrityError
+
+from daemon.db import alembic_config, current_revision, downgrade_database, make_engine, upgrade_database
+from daemon.models import Base
+from daemon.records import VerdictRecord
+from daemon.repository import VerdictRepository
+
+pytestmark = pytest.mark.integration
+
+SCHEMA_TABLES = {"verdicts", "verdict_frames", "verdict_tracks", "verdict_masks"}
+
+
+def schema_differences(url: str, metadata: MetaData) -> list[object]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            return compare_metadata(context, metadata)
+    finally:
+        engine.dispose()
+
+
+def schema_objects(url: str) -> tuple[set[str], set[str]]:
+    engine = make_engine(url)
+    try:
+        inspector = inspect(engine)
+        return set(inspector.get_table_names()), set(inspector.get_view_names())
+    finally:
+        engine.dispose()
+
+
+def head_revision(url: str) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+
+
+def test_the_orm_models_match_the_migrated_schema(database_url: str) -> None:
+    # Given a database built by the migrations; When compared with the models; Then nothing differs
+    assert schema_differences(database_url, Base.metadata) == []
+
+
+def test_the_model_comparison_notices_a_drift(database_url: str) -> None:
+    # Given models with a column the migrations never created
+    drifted = MetaData(naming_convention=Base.metadata.naming_convention)
+    for table in Base.metadata.tables.values():
+        table.to_metadata(drifted)
+    drifted.tables["verdicts"].append_column(Column("reviewer", Integer, nullable=True))
+    # When compared; Then the missing column is reported
+    differences = schema_differences(database_url, drifted)
+    assert [diff[0] for diff in differences] == ["add_column"]
+
+
+def test_a_new_database_has_no_revision(empty_database_url: str) -> None:
+    assert current_revision(empty_database_url) is None
+
+
+def test_upgrading_twice_is_harmless(empty_database_url: str) -> None:
+    # Given a database upgraded to head
+    upgrade_database(empty_database_url)
+    objects = schema_objects(empty_database_url)
+    # When it is upgraded again
+    upgrade_database(empty_database_url)
+    # Then it is still at head with the same tables and the latest_verdicts view
+    assert current_revision(empty_database_url) == head_revision(empty_database_url)
+    assert schema_objects(empty_database_url) == objects
+    tables, views = objects
+    assert tables >= SCHEMA_TABLES and views == {"latest_verdicts"}
+
+
+def test_downgrade_to_base_then_upgrade_rebuilds_a_working_schema(
+    empty_database_url: str, make_verdict: Callable[..., VerdictRecord]
+) -> None:
+    # Given a migrated database
+    upgrade_database(empty_database_url)
+    # When it is downgraded to base
+    downgrade_database(empty_database_url, "base")
+    # Then every table and the view are gone
+    tables, views = schema_objects(empty_database_url)
+    assert tables & SCHEMA_TABLES == set() and views == set()
+    assert current_revision(empty_database_url) is None
+    # And after upgrading again, verdicts are stored and guarded as before
+    upgrade_database(empty_database_url)
+    engine = make_engine(empty_database_url)
+    try:
+        saved = VerdictRepository(engine).save(make_verdict())
+        with pytest.raises(IntegrityError, match="append-only"), engine.begin() as connection:
+            connection.execute(text("DELETE FROM verdicts WHERE id = :id"), {"id": saved.id})
+    finally:
+        engine.dispose()

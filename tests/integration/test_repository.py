@@ -1,0 +1,195 @@
+"""VerdictRepository against real SQLite and PostgreSQL databases migrated by the real migrations."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import IntegrityError
+
+from daemon.records import EngineIdentity, VerdictRecord
+from daemon.repository import SavedVerdict, VerdictRepository
+
+pytestmark = pytest.mark.integration
+
+MakeVerdict = Callable[..., VerdictRecord]
+TABLES = ("verdicts", "verdict_frames", "verdict_tracks", "verdict_masks")
+
+
+def row_counts(engine: Engine) -> dict[str, int]:
+    with engine.connect() as connection:
+        return {table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one() for table in TABLES}
+
+
+@pytest.fixture
+def repository(db_engine: Engine) -> VerdictRepository:
+    return VerdictRepository(db_engine)
+
+
+def test_save_then_get_round_trips_a_full_verdict(repository: VerdictRepository, make_verdict: MakeVerdict) -> None:
+    # Given a verdict with frames (with and without boxes), tracks and masks
+    record = make_verdict()
+    before = datetime.now(UTC) - timedelta(minutes=1)
+    # When it is saved and read back
+    saved = repository.save(record)
+    stored = repository.get(saved.id)
+    # Then every field and child comes back in order, and the database stamped a UTC time
+    assert saved.created
+    assert replace(stored, created_at=None) == record
+    assert stored.created_at is not None and stored.created_at.tzinfo is not None
+    assert before <= stored.created_at <= datetime.now(UTC) + timedelta(minutes=1)
+
+
+def test_an_explicit_created_at_is_kept_as_the_same_instant(
+    repository: VerdictRepository, make_verdict: MakeVerdict
+) -> None:
+    # Given a verdict stamped by the pipeline in a non-UTC zone
+    moment = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=timezone(timedelta(hours=2)))
+    # When it is stored and read back
+    stored = repository.get(repository.save(make_verdict(created_at=moment)).id)
+    # Then it is the same instant, expressed in UTC
+    assert stored.created_at == moment
+    assert stored.created_at.utcoffset() == timedelta(0)
+
+
+def test_get_of_an_unknown_id_raises_key_error(repository: VerdictRepository) -> None:
+    with pytest.raises(KeyError):
+        repository.get(2**40)
+
+
+def test_resaving_the_same_job_for_the_same_engine_stores_nothing(
+    repository: VerdictRepository, db_engine: Engine, make_verdict: MakeVerdict
+) -> None:
+    # Given a saved verdict
+    record = make_verdict()
+    first = repository.save(record)
+    counts = row_counts(db_engine)
+    # When the same job is delivered again to the same engine, even with a different outcome
+    again = repository.save(replace(record, p_fake=0.1, label="real", frames=record.frames[:1]))
+    # Then the existing row is reported and no table grows
+    assert again == SavedVerdict(first.id, created=False)
+    assert row_counts(db_engine) == counts
+    assert repository.get(first.id).p_fake == record.p_fake
+
+
+def test_a_lost_race_returns_the_winners_row(
+    repository: VerdictRepository, db_engine: Engine, make_verdict: MakeVerdict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given another daemon saved the job after this one looked and found nothing
+    record = make_verdict()
+    winner = repository.save(record)
+    real_find_id = repository.find_id
+    lookups: list[str] = []
+
+    def find_nothing_at_first(job_id: str, engine: EngineIdentity) -> int | None:
+        lookups.append(job_id)
+        return None if len(lookups) == 1 else real_find_id(job_id, engine)
+
+    monkeypatch.setattr(repository, "find_id", find_nothing_at_first)
+    counts = row_counts(db_engine)
+    # When this daemon inserts and hits the unique constraint
+    loser = repository.save(record)
+    # Then it rolls back its children too and returns the winner's id
+    assert loser == SavedVerdict(winner.id, created=False)
+    assert len(lookups) == 2
+    assert row_counts(db_engine) == counts
+
+
+def test_a_new_engine_version_adds_a_row_and_becomes_the_latest(
+    repository: VerdictRepository, make_verdict: MakeVerdict
+) -> None:
+    # Given a job judged by engine version 1
+    old = make_verdict(engine_version=1)
+    old_id = repository.save(old).id
+    count = repository.count()
+    # When it is re-scored by version 2
+    new = make_verdict(job_id=old.job_id, engine_version=2, p_fake=0.125, label="real")
+    saved = repository.save(new)
+    # Then history keeps both and the latest view returns the new one
+    assert saved.created and saved.id > old_id
+    assert repository.count() == count + 1
+    latest = repository.latest_for_job(old.job_id)
+    assert latest is not None and replace(latest, created_at=None) == new
+    assert repository.get(old_id).engine.version == 1
+
+
+def test_latest_for_a_job_never_seen_is_none(repository: VerdictRepository) -> None:
+    assert repository.latest_for_job("no-such-job") is None
+
+
+def test_find_id_tells_whether_this_engine_judged_the_job(
+    repository: VerdictRepository, make_verdict: MakeVerdict
+) -> None:
+    record = make_verdict()
+    saved = repository.save(record)
+    assert repository.find_id(record.job_id, record.engine) == saved.id
+    assert repository.find_id(record.job_id, EngineIdentity(record.engine.name, 99, "ef" * 32)) is None
+
+
+@pytest.mark.parametrize("status", ["error", "abstained"])
+def test_verdicts_without_scores_are_stored_with_sql_nulls(
+    repository: VerdictRepository, db_engine: Engine, make_verdict: MakeVerdict, status: str
+) -> None:
+    # Given an error or abstained verdict with no scores, label, class probabilities or children
+    record = VerdictRecord(
+        job_id=make_verdict().job_id,
+        source="scan",
+        media_uri="file:///media/broken.mp4",
+        status=status,  # type: ignore[arg-type]
+        engine=EngineIdentity("sd2-vit-tiny", 1, "ab" * 32),
+        code="corrupt_media" if status == "error" else "no_face",
+        detail="moov atom not found",
+    )
+    # When it is saved
+    saved = repository.save(record)
+    # Then it round-trips and the missing scores are SQL NULL, not JSON null
+    assert replace(repository.get(saved.id), created_at=None) == record
+    with db_engine.connect() as connection:
+        nulls = connection.execute(
+            text("SELECT p_fake IS NULL, class_probs IS NULL, label IS NULL FROM verdicts WHERE id = :id"),
+            {"id": saved.id},
+        ).one()
+    assert all(nulls)
+
+
+def test_an_unknown_status_is_refused_by_the_database(
+    repository: VerdictRepository, db_engine: Engine, make_verdict: MakeVerdict
+) -> None:
+    counts = row_counts(db_engine)
+    with pytest.raises(IntegrityError):
+        repository.save(make_verdict(status="maybe"))
+    assert row_counts(db_engine) == counts
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE verdicts SET label = 'real' WHERE id = :id",
+        "DELETE FROM verdicts WHERE id = :id",
+        "UPDATE verdict_frames SET p_fake = 0 WHERE verdict_id = :id",
+        "DELETE FROM verdict_frames WHERE verdict_id = :id",
+        "UPDATE verdict_tracks SET p_fake = 0 WHERE verdict_id = :id",
+        "DELETE FROM verdict_masks WHERE verdict_id = :id",
+    ],
+)
+def test_the_database_refuses_to_change_stored_verdicts(
+    repository: VerdictRepository, db_engine: Engine, make_verdict: MakeVerdict, statement: str
+) -> None:
+    # Given a stored verdict
+    record = make_verdict()
+    saved = repository.save(record)
+    # When anyone tries to change or remove it (or its children) behind the repository's back
+    with pytest.raises(IntegrityError, match="append-only"), db_engine.begin() as connection:
+        connection.execute(text(statement), {"id": saved.id})
+    # Then the database refused and the verdict is intact
+    assert replace(repository.get(saved.id), created_at=None) == record
+
+
+def test_postgresql_refuses_truncate(db_engine: Engine) -> None:
+    if db_engine.dialect.name != "postgresql":
+        pytest.skip("TRUNCATE exists on PostgreSQL only")
+    with pytest.raises(IntegrityError, match="append-only"), db_engine.begin() as connection:
+        connection.execute(text("TRUNCATE verdict_masks"))
