@@ -1,0 +1,112 @@
+"""The ``daemon`` command: ``scan`` local media into verdicts, ``db upgrade`` the schema."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from daemon.logs import configure_logging
+from daemon.settings import Settings
+from engines.errors import DeepsiftError
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "database_url": args.database_url,
+        "engine_store": args.engine_store,
+        "engine_name": args.engine,
+        "engine_version": getattr(args, "engine_version", None),
+        "frames_per_video": getattr(args, "frames", None),
+        "aggregation": getattr(args, "aggregation", None),
+    }
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def cmd_db_upgrade(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from daemon.db import current_revision, upgrade_database
+
+    upgrade_database(settings.database_url, args.revision)
+    print(f"database at revision {current_revision(settings.database_url)}", file=out)
+    return 0
+
+
+def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from daemon.db import make_engine, require_current_schema
+    from daemon.pipeline import JudgeConfig
+    from daemon.repository import VerdictRepository
+    from daemon.scan import run_scan
+    from daemon.table import VerdictTable
+    from engines.backends import load_engine
+    from engines.faces import MtcnnFaceDetector
+    from engines.media import DECODERS
+    from engines.store import EngineStore
+
+    db = make_engine(settings.database_url)
+    require_current_schema(db)
+    engine = load_engine(
+        EngineStore(settings.engine_store).resolve(settings.engine_name, settings.engine_version),
+        threads=settings.inference_threads,
+    )
+    contract = engine.manifest.input
+    detector = None
+    if contract.crop_mode == "face":
+        detector = MtcnnFaceDetector(min_confidence=contract.min_face_confidence, device=settings.device)
+    config = JudgeConfig(
+        frames_per_video=settings.frames_per_video,
+        rule=settings.aggregation_rule,
+        min_track_fraction=settings.min_track_fraction,
+        decoder="pyav" if settings.decoder == "auto" else settings.decoder,
+        max_media_bytes=settings.max_media_bytes,
+    )
+    if config.decoder not in DECODERS:
+        raise DeepsiftError(f"decoder {config.decoder!r} is not available")
+    table = VerdictTable(out)
+    table.header(engine.manifest)
+    results = [
+        table.row(r) for r in run_scan(args.paths, engine, VerdictRepository(db), config, detector, settings.prefetch)
+    ]
+    table.footer(results)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="daemon", description="deepsift daemon: media in, verdicts in SQL out")
+    parser.add_argument("--database-url", help="SQLAlchemy URL (env DEEPSIFT_DATABASE_URL)")
+    parser.add_argument("--engine-store", type=Path, help="engine store root (env DEEPSIFT_ENGINE_STORE)")
+    parser.add_argument("--engine", help="engine name (env DEEPSIFT_ENGINE_NAME)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    scan = commands.add_parser("scan", help="judge local videos and images, store one verdict per file")
+    scan.add_argument("paths", nargs="+", type=Path, help="files and folders (folders: media files, recursively)")
+    scan.add_argument("--engine-version", type=int, help="use this version instead of 'current'")
+    scan.add_argument("--frames", type=int, help="frames sampled per video (env DEEPSIFT_FRAMES_PER_VIDEO)")
+    scan.add_argument("--aggregation", help="mean | max | topk[:fraction] | quantile[:q] (env DEEPSIFT_AGGREGATION)")
+    scan.set_defaults(handler=cmd_scan)
+
+    db = commands.add_parser("db", help="database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="apply migrations (alembic) up to a revision")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.set_defaults(handler=cmd_db_upgrade)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    args = build_parser().parse_args(argv)
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return args.handler(settings, args, out)
+    except DeepsiftError as e:
+        structlog.get_logger("daemon").error("command_failed", command=args.command, error=str(e))
+        print(f"daemon: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""The daemon's stages as small functions over frozen records: fetch → decode → faces → preprocess
+(``prepare``, which runs ahead in a worker) and infer → aggregate → verdict (``judge``).
+
+Every per-item failure becomes that item's error verdict; nothing here lets one bad file stop a batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from daemon.records import EngineIdentity, FrameScoreRecord, TrackSummaryRecord, VerdictRecord
+from engines.aggregate import AggregationRule, ScoredItem, aggregate
+from engines.backends import LoadedEngine
+from engines.errors import MediaError, PermanentError
+from engines.faces import FaceBox, MtcnnFaceDetector, assign_tracks, square_crop
+from engines.manifest import EngineManifest, sha256_file
+from engines.media import DECODERS, DecodedMedia, MediaFacts
+from engines.preprocess import preprocess_batch
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class MediaJob:
+    """One piece of media to judge: where it is and what to echo into its verdict."""
+
+    job_id: str
+    uri: str
+    path: Path | None = None
+    data: bytes | None = None
+    source: str = "scan"
+    known_sha256: str | None = None  # computed by the caller from the same bytes; fetch then skips hashing
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Region:
+    """What one engine input was cut from: a whole frame, or one face in it."""
+
+    frame_index: int
+    pts_s: float | None
+    face_index: int | None = None
+    track_id: int | None = None
+    box: FaceBox | None = None
+
+
+@dataclass(frozen=True)
+class PreparedMedia:
+    """A job ready for the engine: its regions and their pixels, or the verdict it already earned."""
+
+    job: MediaJob
+    media_sha256: str | None
+    facts: MediaFacts | None
+    frames_sampled: int = 0
+    regions: tuple[Region, ...] = ()
+    pixels: np.ndarray | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    outcome: tuple[str, str, str] | None = None  # (status, code, detail) when no inference is needed
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    frames_per_video: int
+    rule: AggregationRule
+    min_track_fraction: float
+    decoder: str
+    max_media_bytes: int
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000.0, 2)
+
+
+def fetch(job: MediaJob, max_bytes: int) -> tuple[Path | bytes, str]:
+    """The media (a path, or bytes in memory) and its sha256; missing and oversized media are permanent errors."""
+    if job.data is not None:
+        if len(job.data) > max_bytes:
+            raise MediaError("too_large", f"{len(job.data)} bytes > limit {max_bytes}")
+        return job.data, hashlib.sha256(job.data).hexdigest()
+    if job.path is None or not job.path.is_file():
+        raise MediaError("not_found", f"no such file: {job.path}")
+    size = os.path.getsize(job.path)
+    if size > max_bytes:
+        raise MediaError("too_large", f"{size} bytes > limit {max_bytes}")
+    return job.path, job.known_sha256 or sha256_file(job.path)
+
+
+def find_regions(
+    decoded: DecodedMedia, manifest: EngineManifest, detector: MtcnnFaceDetector | None
+) -> tuple[list[Region], list[np.ndarray]]:
+    """Regions and their RGB pixels: whole frames, or square face crops — as the manifest says."""
+    frames = decoded.frames
+    contract = manifest.input
+    if contract.crop_mode == "full":
+        return [Region(f.index, f.pts_s) for f in frames], [f.rgb for f in frames]
+    if detector is None:
+        raise RuntimeError("this engine crops faces but no face detector was given")
+    boxes = detector.detect([f.rgb for f in frames])
+    tracks = assign_tracks(boxes)
+    regions, crops = [], []
+    for frame, frame_boxes, frame_tracks in zip(frames, boxes, tracks, strict=True):
+        for face_index, (box, track_id) in enumerate(zip(frame_boxes, frame_tracks, strict=True)):
+            regions.append(Region(frame.index, frame.pts_s, face_index, track_id, box))
+            crops.append(square_crop(frame.rgb, box, contract.face_margin))
+    return regions, crops
+
+
+def prepare(
+    job: MediaJob, manifest: EngineManifest, detector: MtcnnFaceDetector | None, config: JudgeConfig
+) -> PreparedMedia:
+    """Fetch, decode, find faces and preprocess one job; failures are recorded, never raised."""
+    timings: dict[str, float] = {}
+    sha, facts = None, None
+    try:
+        t = time.perf_counter()
+        media, sha = fetch(job, config.max_media_bytes)
+        timings["fetch"] = _ms(t)
+        t = time.perf_counter()
+        decoded = DECODERS.get(config.decoder)(media, config.frames_per_video)
+        facts = decoded.facts
+        timings["decode"] = _ms(t)
+        t = time.perf_counter()
+        regions, crops = find_regions(decoded, manifest, detector)
+        timings["faces" if manifest.input.crop_mode == "face" else "regions"] = _ms(t)
+        if not regions:
+            detail = f"no face with confidence > {manifest.input.min_face_confidence} in {len(decoded.frames)} frames"
+            return PreparedMedia(
+                job, sha, facts, len(decoded.frames), timings_ms=timings, outcome=("abstained", "no_face", detail)
+            )
+        t = time.perf_counter()
+        pixels = preprocess_batch(crops, manifest.input)
+        timings["preprocess"] = _ms(t)
+        return PreparedMedia(job, sha, facts, len(decoded.frames), tuple(regions), pixels, timings)
+    except PermanentError as e:
+        return PreparedMedia(job, sha, facts, timings_ms=timings, outcome=("error", e.code, e.detail))
+    except Exception as e:  # a bug or an unforeseen library failure: this job fails, the daemon does not
+        log.exception("prepare_failed", job_id=job.job_id, uri=job.uri)
+        return PreparedMedia(job, sha, facts, timings_ms=timings, outcome=("error", "internal_error", repr(e)))
+
+
+def infer(engine: LoadedEngine, batch: Sequence[PreparedMedia]) -> list[np.ndarray | Exception]:
+    """Run the pixels of several jobs as one engine batch; if it fails, retry job by job."""
+    ready = [p.pixels for p in batch if p.pixels is not None]
+    if not ready:
+        return []
+    try:
+        scores = engine.p_fake(np.concatenate(ready))
+        offsets = np.cumsum([0] + [len(p) for p in ready])
+        return [scores[a:b] for a, b in itertools.pairwise(offsets)]
+    except Exception:
+        log.exception("batch_inference_failed", jobs=len(ready))
+    results: list[np.ndarray | Exception] = []
+    for pixels in ready:
+        try:
+            results.append(engine.p_fake(pixels))
+        except Exception as e:
+            results.append(e)
+    return results
+
+
+def engine_identity(manifest: EngineManifest) -> EngineIdentity:
+    return EngineIdentity(manifest.name, manifest.version, manifest.artifact_sha256)
+
+
+def verdict(
+    prepared: PreparedMedia, scores: np.ndarray | Exception | None, manifest: EngineManifest, config: JudgeConfig
+) -> VerdictRecord:
+    """Aggregate one job's scores into its verdict (or turn its recorded failure into one)."""
+    facts = prepared.facts
+    common: dict[str, Any] = dict(
+        job_id=prepared.job.job_id,
+        source=prepared.job.source,
+        media_uri=prepared.job.uri,
+        engine=engine_identity(manifest),
+        media_sha256=prepared.media_sha256,
+        threshold=manifest.threshold,
+        aggregation=str(config.rule),
+        frames_requested=config.frames_per_video,
+        frames_sampled=prepared.frames_sampled,
+        timings_ms=dict(prepared.timings_ms),
+        metadata=dict(prepared.job.metadata),
+    )
+    if facts is not None:
+        common.update(
+            media_type=facts.media_type,
+            container=facts.container,
+            codec=facts.codec,
+            width=facts.width,
+            height=facts.height,
+            fps=facts.fps,
+            duration_s=facts.duration_s,
+            size_bytes=facts.size_bytes,
+        )
+    if prepared.outcome is not None:
+        status, code, detail = prepared.outcome
+        return VerdictRecord(status=status, code=code, detail=detail, **common)  # type: ignore[arg-type]
+    if isinstance(scores, Exception) or scores is None:
+        return VerdictRecord(status="error", code="inference_failed", detail=repr(scores), **common)
+    items = [ScoredItem(r.frame_index, float(p), r.track_id) for r, p in zip(prepared.regions, scores, strict=True)]
+    media = aggregate(items, config.rule, config.min_track_fraction)
+    label = manifest.task.positive_class if media.p_fake >= manifest.threshold else "real"
+    frames = tuple(
+        FrameScoreRecord(
+            frame_index=r.frame_index,
+            p_fake=float(p),
+            pts_s=r.pts_s,
+            face_index=r.face_index,
+            track_id=r.track_id,
+            box=(r.box.x0, r.box.y0, r.box.x1, r.box.y1) if r.box else None,
+            face_confidence=r.box.confidence if r.box else None,
+        )
+        for r, p in zip(prepared.regions, scores, strict=True)
+    )
+    tracks = tuple(
+        TrackSummaryRecord(t.track_id, t.n_frames, t.p_fake, t.first_frame, t.last_frame) for t in media.tracks
+    )
+    return VerdictRecord(
+        status="ok",
+        label=label,
+        p_fake=media.p_fake,
+        class_probs={"real": 1 - media.p_fake, "fake": media.p_fake},
+        frames=frames,
+        tracks=tracks,
+        **common,
+    )

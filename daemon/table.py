@@ -1,0 +1,45 @@
+"""The verdict table ``daemon scan`` prints: one row per file as soon as its verdict is stored."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import TextIO
+
+from daemon.scan import ScanResult
+from engines.manifest import EngineManifest
+
+_COLUMNS = (("file", 28), ("type", 5), ("status", 9), ("label", 5), ("p_fake", 6), ("frames", 6), ("code", 15))
+
+
+class VerdictTable:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def _line(self, values: list[str]) -> None:
+        cells = [
+            v[:w].ljust(w) if i < len(_COLUMNS) - 1 else v
+            for i, (v, (_, w)) in enumerate(zip(values, _COLUMNS, strict=True))
+        ]
+        print("  ".join(cells).rstrip(), file=self.out, flush=True)
+
+    def header(self, manifest: EngineManifest) -> None:
+        print(
+            f"engine {manifest.name} v{manifest.version} ({manifest.recipe}, {manifest.input.crop_mode} mode, "
+            f"threshold {manifest.threshold:.3f})",
+            file=self.out,
+        )
+        self._line([name for name, _ in _COLUMNS])
+
+    def row(self, result: ScanResult) -> ScanResult:
+        v = result.verdict
+        name = result.path.name if result.path else v.media_uri
+        p = "" if v.p_fake is None else f"{v.p_fake:.3f}"
+        frames = "" if v.frames_sampled is None else str(v.frames_sampled)
+        code = (v.code or "") + ("" if result.created else " (stored before)")
+        self._line([name, v.media_type or "", v.status, v.label or "", p, frames, code])
+        return result
+
+    def footer(self, results: list[ScanResult]) -> None:
+        counts = Counter(r.verdict.status for r in results)
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no media found"
+        print(f"{len(results)} files: {summary}", file=self.out)
