@@ -1,0 +1,521 @@
+"""Media probe and sampled-frame decode on the CPU: PIL for still images, PyAV for everything else.
+
+Both the trainer's data preparation and the daemon decode through this module, so a model sees
+the same pixels in training and in service. Only the sampled frames are ever held in memory.
+
+Sampling rule: ``n`` target indices are spread evenly over the video (``sample_frame_indices``);
+for each, the first frame whose index (from its timestamp and the stream's fps) is at or after the
+target is kept. When the targets lie more than ``seek_min_gap`` frames apart (``should_seek``),
+each one is reached by seeking to the keyframe before it, unless the container's index shows that
+keyframe is not past the frame decoded last; otherwise the video is read through once. Seeking
+restarts decoding at a keyframe, so it only saves work when targets are further apart than a
+typical keyframe interval (phones put one every 1–2 s, i.e. 30–60 frames).
+
+Truncation rule: the container declares a frame count (or a duration, giving ``duration * fps``).
+When the stream ends before the last target and the frames reached cover less than
+``TRUNCATION_COVERAGE`` (90 %) of that declaration, the media is ``truncated_media`` (or
+``corrupt_media`` when a demuxer error, not a clean end, stopped it). When they cover at least
+90 %, the declaration was merely optimistic (estimated counts overshoot by a few frames): the last
+decoded frame stands in for the missing targets, once.
+
+Damage: packets that fail to decode are skipped (FFmpeg conceals what it can), and a target whose
+frames were lost is skipped, so damaged media may yield fewer frames than asked for. No decodable
+frame at all is ``corrupt_media``. Every failure on bad input is a ``MediaError``, never a raw
+PyAV or PIL error.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from fractions import Fraction
+from typing import BinaryIO
+
+import av
+import av.error
+import numpy as np
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+from engines.errors import MediaError
+from engines.registry import Registry
+
+MediaSource = str | os.PathLike[str] | bytes
+
+SEEK_MIN_GAP_FRAMES = 64
+TRUNCATION_COVERAGE = 0.9
+# Formats PIL may claim; anything else goes to PyAV. A closed list stops PIL's lenient probes
+# (TGA, ...) from claiming random bytes as an image.
+# (JPEG covers MPO, the multi-picture JPEG of some cameras.)
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+# Animated images in these formats are decoded as video by PyAV; others keep their first frame.
+# (FFmpeg cannot decode animated WebP, so PIL keeps its first frame.)
+ANIMATED_AS_VIDEO = frozenset({"GIF", "PNG"})
+# Demuxers such as HLS open the files or URLs an upload names; allowing no protocol confines
+# FFmpeg to the bytes handed to it (the main input is read through Python, not a protocol).
+_NO_NESTED_INPUTS = {"protocol_whitelist": "none"}
+_ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+
+DECODERS: Registry[Callable[[MediaSource, int], DecodedMedia]] = Registry("decoder")
+
+
+@dataclass(frozen=True)
+class MediaFacts:
+    """What a verdict records about the media; width and height are the upright (displayed) size."""
+
+    media_type: str
+    container: str | None
+    codec: str | None
+    width: int
+    height: int
+    fps: float | None
+    duration_s: float | None
+    frame_count: int | None
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class SampledFrame:
+    index: int
+    pts_s: float | None
+    rgb: np.ndarray
+
+
+@dataclass(frozen=True)
+class DecodedMedia:
+    facts: MediaFacts
+    frames: tuple[SampledFrame, ...]
+
+
+# --- sources ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Media bytes or a path, re-openable as a fresh file object (PIL and PyAV each read it)."""
+
+    data: bytes | None
+    path: str | None
+    size: int
+
+    def open(self) -> BinaryIO:
+        return io.BytesIO(self.data) if self.data is not None else open(self.path, "rb")
+
+
+def _source(source: MediaSource) -> _Source:
+    """Wrap a source; paths are read by Python so FFmpeg never interprets a name as a URL/protocol."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = bytes(source)
+        src = _Source(data=data, path=None, size=len(data))
+    else:
+        path = os.fspath(source)
+        src = _Source(data=None, path=path, size=os.stat(path).st_size)
+    if src.size == 0:
+        raise MediaError("empty_media", "the media has 0 bytes")
+    return src
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+
+def sample_frame_indices(frame_count: int, n: int) -> list[int]:
+    """``n`` evenly spaced frame indices over the whole video, first and last included."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if frame_count <= n:
+        return list(range(max(frame_count, 0)))
+    return sorted({int(i) for i in np.rint(np.linspace(0, frame_count - 1, n))})
+
+
+def should_seek(frame_count: int, n_frames: int, seek_min_gap: int = SEEK_MIN_GAP_FRAMES) -> bool:
+    """Whether the sampled targets are far enough apart for seeking to beat reading through."""
+    return n_frames > 1 and (frame_count - 1) / (n_frames - 1) > seek_min_gap
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _image_formats() -> tuple[str, ...]:
+    """The formats of ``IMAGE_FORMATS`` this Pillow build can open (WebP support is optional)."""
+    Image.init()
+    return tuple(fmt for fmt in IMAGE_FORMATS if fmt in Image.OPEN)
+
+
+def _open_image(src: _Source) -> Image.Image | None:
+    """The still image in ``src``, or None when PIL does not claim it (or it is an animation)."""
+    try:  # PIL opens (and on failure closes) a path itself, so no file handle leaks
+        image = Image.open(src.path or io.BytesIO(src.data), formats=_image_formats())
+    except Image.DecompressionBombError as e:
+        raise MediaError("corrupt_media", f"image exceeds the decompression-bomb limit: {e}") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+    if getattr(image, "is_animated", False) and image.format in ANIMATED_AS_VIDEO:
+        image.close()
+        return None
+    return image
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    """Width and height after EXIF orientation, read from the header without decoding pixels."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # PIL raises many types on a malformed EXIF block; the pixels may still be fine
+        orientation = 1
+    width, height = image.size
+    return (height, width) if orientation in _ROTATING_ORIENTATIONS else (width, height)
+
+
+def _image_facts(image: Image.Image, size: int) -> MediaFacts:
+    width, height = _upright_size(image)
+    fmt = image.format or None
+    codec = fmt.lower() if fmt else None
+    return MediaFacts("image", fmt, codec, width, height, None, None, 1, size)
+
+
+def _image_rgb(image: Image.Image) -> np.ndarray:
+    """Decode the pixels upright (EXIF orientation applied) as RGB uint8."""
+    try:
+        upright = ImageOps.exif_transpose(image).convert("RGB")
+        return np.ascontiguousarray(np.asarray(upright, dtype=np.uint8))
+    except Exception as e:  # PIL's decoders raise OSError, ValueError, SyntaxError, struct.error...
+        code = "truncated_media" if "truncated" in str(e) else "corrupt_media"
+        raise MediaError(code, f"cannot decode {image.format} image: {e}") from e
+
+
+def _decode_image(image: Image.Image, size: int) -> DecodedMedia:
+    with image:
+        facts, rgb = _image_facts(image, size), _image_rgb(image)
+    facts = replace(facts, width=rgb.shape[1], height=rgb.shape[0])
+    return DecodedMedia(facts, (SampledFrame(index=0, pts_s=None, rgb=rgb),))
+
+
+# --- video: container and facts -----------------------------------------------------------------
+
+
+@contextmanager
+def _open_video(src: _Source) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """Open the container and its first video stream, mapping failures to ``MediaError``."""
+    with src.open() as fp:
+        try:
+            container = av.open(fp, mode="r", metadata_errors="ignore", container_options=_NO_NESTED_INPUTS)
+        except av.error.FFmpegError as e:
+            raise MediaError("not_media", f"no demuxer recognises the data: {e}") from e
+        try:
+            yield container, _video_stream(container)
+        finally:
+            container.close()
+
+
+def _video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    if not container.streams:
+        raise MediaError("corrupt_media", f"the {container.format.name} container holds no streams")
+    if not container.streams.video:
+        kinds = ", ".join(sorted({s.type for s in container.streams}))
+        raise MediaError("no_video_stream", f"the container holds only {kinds} streams")
+    stream = container.streams.video[0]
+    context = stream.codec_context
+    if context is None or context.codec is None or not context.codec.is_decoder:
+        raise MediaError("unsupported_codec", f"no decoder for video stream codec {_codec_name(stream)!r}")
+    stream.thread_type = "AUTO"
+    return stream
+
+
+def _codec_name(stream: av.video.stream.VideoStream) -> str:
+    try:
+        return stream.codec_context.name
+    except Exception:  # a stream whose codec FFmpeg does not know has no usable context
+        return "unknown"
+
+
+def _stream_fps(stream: av.video.stream.VideoStream) -> float | None:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else None
+
+
+def _stream_duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return None
+
+
+def _count_packets(src: _Source) -> int:
+    """Frame count of a container that declares neither count nor duration: demux without decoding."""
+    with _open_video(src) as (container, stream):
+        try:
+            return sum(1 for packet in container.demux(stream) if packet.size)
+        except av.error.FFmpegError as e:
+            raise MediaError("corrupt_media", f"cannot demux the video stream: {e}") from e
+
+
+def _video_facts(src: _Source, container: av.container.InputContainer, rotation: int) -> MediaFacts:
+    stream = container.streams.video[0]
+    fps = _stream_fps(stream)
+    duration = _stream_duration(container, stream)
+    frame_count = stream.frames or (round(duration * fps) if duration and fps else None)
+    if not frame_count:
+        frame_count = _count_packets(src)
+        duration = duration or (frame_count / fps if fps else None)
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if rotation % 180:
+        width, height = height, width
+    codec = _codec_name(stream)
+    return MediaFacts("video", container.format.name, codec, width, height, fps, duration, frame_count, src.size)
+
+
+# --- video: decoding ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Scan:
+    """What a decode pass found: the kept samples, how far it got, and what stopped it early."""
+
+    start_s: float  # the stream's first timestamp: frame index 0
+    fps: float | None  # None when the stream has no timing: frames are then indexed by decode order
+    found: list[SampledFrame] = field(default_factory=list)
+    last: SampledFrame | None = None  # the last frame decoded: a stand-in for targets past the end
+    reached: int = 0  # one past the highest frame index decoded
+    decoded: int = 0
+    bad_packets: int = 0  # packets skipped because they failed to decode
+    stopped_by: av.error.FFmpegError | None = None  # a demux/decode error that ended the pass
+    last_raw: tuple[av.VideoFrame, int] | None = None  # turned into ``last`` only at the end
+
+    def index_of(self, frame: av.VideoFrame) -> int:
+        """The frame's index in the video: from its timestamp, or its decode order without timing."""
+        if self.fps and frame.time is not None:
+            return round((frame.time - self.start_s) * self.fps)
+        return self.decoded
+
+    def keep(self, frame: av.VideoFrame, index: int, wanted: bool) -> None:
+        """Record a decoded frame; convert it to RGB only when it is a target."""
+        if wanted:
+            self.found.append(_sampled(frame, index))
+        self.reached = max(self.reached, index + 1)
+        self.decoded += 1
+        self.last_raw = (frame, index)
+
+    def settle(self) -> None:
+        """Turn the last decoded frame into a sample, reusing the target sample when it is one."""
+        if self.last_raw is None:
+            return
+        frame, index = self.last_raw
+        self.last = self.found[-1] if self.found and self.found[-1].index == index else _sampled(frame, index)
+        self.last_raw = None
+
+
+def _decoded_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, scan: _Scan
+) -> Iterator[av.VideoFrame]:
+    """Frames in presentation order; packets that fail to decode are skipped, demux errors propagate."""
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.error.InvalidDataError:
+            scan.bad_packets += 1
+
+
+def _upright_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """RGB uint8 pixels with the container's display rotation applied, as a viewer shows them."""
+    rgb = frame.to_ndarray(format="rgb24")
+    quarter_turns = round((frame.rotation or 0) / 90) % 4
+    if quarter_turns:
+        rgb = np.rot90(rgb, k=quarter_turns)
+    return np.ascontiguousarray(rgb)
+
+
+def _sampled(frame: av.VideoFrame, index: int) -> SampledFrame:
+    return SampledFrame(index=index, pts_s=frame.time, rgb=_upright_rgb(frame))
+
+
+def _scan_targets(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, targets: list[int], seek: bool
+) -> _Scan:
+    """Decode the first frame at or after each target, in order, reading forward or seeking.
+
+    With ``seek``, each target is reached by seeking to the keyframe before it, unless the
+    container's index shows that keyframe is not past the frame decoded last (seeking would only
+    decode the same frames again). A target already passed (a frame lost to damage, or two
+    targets on one frame) is skipped.
+    """
+    scan = _Scan(start_s=float((stream.start_time or 0) * stream.time_base), fps=_stream_fps(stream))
+    frames = None
+    try:
+        for target in targets:
+            if scan.reached > target:
+                continue
+            if frames is None or (seek and not _keyframe_already_passed(stream, target, scan)):
+                frames = _seek(container, stream, target, scan) if seek else _decoded_frames(container, stream, scan)
+            if not _decode_until(frames, target, scan):
+                break
+    except av.error.FFmpegError as e:
+        scan.stopped_by = e
+    scan.settle()
+    return scan
+
+
+def _seek(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, target: int, scan: _Scan
+) -> Iterator[av.VideoFrame]:
+    """Seek to the keyframe at or before the target's timestamp and return the frames from there."""
+    container.seek(_target_pts(stream, target, scan), backward=True, any_frame=False, stream=stream)
+    return _decoded_frames(container, stream, scan)
+
+
+def _target_pts(stream: av.video.stream.VideoStream, target: int, scan: _Scan) -> int:
+    """The earliest timestamp (in stream time base) that rounds to frame index ``target``."""
+    return int((scan.start_s + (target - 0.5) / scan.fps) / stream.time_base)
+
+
+def _keyframe_already_passed(stream: av.video.stream.VideoStream, target: int, scan: _Scan) -> bool:
+    """Whether the index's keyframe before the target is at or before the frame decoded last."""
+    if scan.last_raw is None or scan.last_raw[0].time is None:
+        return False
+    entries = stream.index_entries
+    at = entries.search_timestamp(_target_pts(stream, target, scan)) if entries else -1
+    return at >= 0 and entries[at].timestamp * stream.time_base <= scan.last_raw[0].time
+
+
+def _decode_until(frames: Iterator[av.VideoFrame], target: int, scan: _Scan) -> bool:
+    """Decode forward to the first frame whose index is at least ``target`` and keep it.
+
+    Returns False when the stream ends first.
+    """
+    for frame in frames:
+        index = scan.index_of(frame)
+        scan.keep(frame, index, wanted=index >= target)
+        if index >= target:
+            return True
+    return False
+
+
+def _finish(scan: _Scan, targets: list[int], frame_count: int) -> tuple[SampledFrame, ...]:
+    """Apply the truncation rule to what a decode pass found (see the module docstring)."""
+    if scan.last is None:
+        reason = scan.stopped_by or f"{scan.bad_packets} packets failed to decode"
+        raise MediaError("corrupt_media", f"no frame could be decoded: {reason}") from scan.stopped_by
+    if scan.reached > targets[-1]:
+        return tuple(scan.found)
+    if scan.reached < TRUNCATION_COVERAGE * frame_count:
+        code = "corrupt_media" if scan.stopped_by else "truncated_media"
+        detail = f"the stream ends after {scan.reached} of {frame_count} declared frames"
+        raise MediaError(code, detail + (f": {scan.stopped_by}" if scan.stopped_by else "")) from scan.stopped_by
+    if not scan.found or scan.last.index > scan.found[-1].index:
+        return (*scan.found, scan.last)
+    return tuple(scan.found)
+
+
+def _decode_video(src: _Source, n_frames: int, seek_min_gap: int) -> DecodedMedia:
+    with _open_video(src) as (container, stream):
+        facts = _video_facts(src, container, rotation=0)
+        targets = sample_frame_indices(facts.frame_count, n_frames)
+        if not targets:
+            raise MediaError("corrupt_media", "the video stream holds no frames")
+        seek = bool(facts.fps) and should_seek(facts.frame_count, n_frames, seek_min_gap)
+        scan = _scan_targets(container, stream, targets, seek)
+    if seek and scan.last is None and scan.stopped_by is not None:  # seeking failed: read through instead
+        with _open_video(src) as (container, stream):
+            scan = _scan_targets(container, stream, targets, seek=False)
+    frames = _finish(scan, targets, facts.frame_count)
+    height, width = frames[0].rgb.shape[:2]
+    return DecodedMedia(replace(facts, width=width, height=height), frames)
+
+
+# --- public API ---------------------------------------------------------------------------------
+
+
+def probe(source: MediaSource) -> MediaFacts:
+    """Facts about the media from its headers (and, for video, its first frame's display rotation)."""
+    src = _source(source)
+    image = _open_image(src)
+    if image is not None:
+        with image:
+            return _image_facts(image, src.size)
+    with _open_video(src) as (container, stream):
+        return _video_facts(src, container, rotation=_first_rotation(container, stream))
+
+
+def _first_rotation(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """The display rotation of the first decodable frame; 0 when none decodes (decode reports that)."""
+    try:
+        frame = next(_decoded_frames(container, stream, _Scan(start_s=0.0, fps=None)), None)
+    except av.error.FFmpegError:
+        return 0
+    return round(frame.rotation or 0) if frame is not None else 0
+
+
+@DECODERS.register("pyav")
+def decode_sampled(source: MediaSource, n_frames: int = 32, *, seek_min_gap: int = SEEK_MIN_GAP_FRAMES) -> DecodedMedia:
+    """Decode ``n_frames`` evenly spaced frames (one for an image), upright RGB, holding no others.
+
+    ``seek_min_gap`` is the target spacing (in frames) above which targets are fetched by seeking.
+    """
+    if n_frames < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    src = _source(source)
+    image = _open_image(src)
+    if image is not None:
+        return _decode_image(image, src.size)
+    return _decode_video(src, n_frames, seek_min_gap)
+
+
+def write_video(
+    path: str | os.PathLike[str],
+    frames: Iterable[np.ndarray],
+    fps: float = 25.0,
+    codec: str = "libx264",
+    crf: int = 23,
+    faststart: bool = True,
+    *,
+    display_rotation: int = 0,
+    keyframe_interval: int | None = None,
+) -> None:
+    """Encode RGB uint8 frames (all of one even size) to a video file, one frame in memory at a time.
+
+    ``faststart`` moves the MP4 index to the front, as upload-friendly encoders do;
+    ``display_rotation`` (degrees counter-clockwise) records a phone-style display matrix;
+    ``keyframe_interval`` (frames) overrides the encoder's default GOP length (x264: 250).
+    """
+    iterator = iter(frames)
+    first = next(iterator, None)
+    if first is None:
+        raise ValueError("write_video needs at least one frame")
+    height, width = _check_frame(first, None)
+    is_mp4 = os.fspath(path).lower().endswith((".mp4", ".mov", ".m4v"))
+    options = {"movflags": "+faststart"} if faststart and is_mp4 else {}
+    with av.open(os.fspath(path), mode="w", options=options) as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001 * 1000))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        if codec in {"libx264", "libx265", "libvpx-vp9", "libsvtav1"}:
+            stream.options = {"crf": str(crf)}
+        if keyframe_interval:
+            stream.codec_context.gop_size = keyframe_interval
+        if display_rotation:
+            stream.set_display_rotation(display_rotation)
+        for pts, rgb in enumerate(_chain_first(first, iterator)):
+            _check_frame(rgb, (height, width))
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = pts
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def _chain_first(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield first
+    yield from rest
+
+
+def _check_frame(rgb: np.ndarray, size: tuple[int, int] | None) -> tuple[int, int]:
+    """Reject frames yuv420p cannot hold or that change size mid-stream."""
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"frames must be H x W x 3 uint8 RGB, got {rgb.dtype} {rgb.shape}")
+    height, width = rgb.shape[:2]
+    if size is None and (height % 2 or width % 2):
+        raise ValueError(f"yuv420p needs an even frame size, got {width}x{height}")
+    if size is not None and (height, width) != size:
+        raise ValueError(f"frame size changed from {size[1]}x{size[0]} to {width}x{height}")
+    return height, width

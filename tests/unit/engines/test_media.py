@@ -1,0 +1,336 @@
+"""Decode contract: which frames come back, what the facts say, and how bad media fails."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from engines import media
+from engines.errors import MediaError
+from engines.media import DECODERS, decode_sampled, probe, sample_frame_indices, should_seek, write_video
+
+ALWAYS_SEEK, NEVER_SEEK = 1, 10**9
+
+
+@pytest.fixture
+def seek_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the seeks the decoder makes (one entry per seek)."""
+    seeks: list[int] = []
+    real_seek = media._seek
+
+    def counting_seek(*args, **kwargs):
+        seeks.append(1)
+        return real_seek(*args, **kwargs)
+
+    monkeypatch.setattr(media, "_seek", counting_seek)
+    return seeks
+
+
+# --- sample_frame_indices / should_seek ---------------------------------------------------------
+
+
+def test_sample_indices_are_evenly_spaced_unique_and_span_the_video() -> None:
+    # Given a 120-frame video, When 16 indices are sampled
+    indices = sample_frame_indices(120, 16)
+    # Then they start at the first frame, end at the last, and step by 7 or 8
+    assert len(indices) == 16 and indices[0] == 0 and indices[-1] == 119
+    assert set(np.diff(indices)) <= {7, 8}
+
+
+def test_sample_indices_are_every_frame_when_the_video_is_shorter_than_n() -> None:
+    # Given videos with fewer frames than asked for, Then every frame is sampled once
+    assert sample_frame_indices(5, 32) == [0, 1, 2, 3, 4]
+    assert sample_frame_indices(1, 32) == [0]
+    assert sample_frame_indices(33, 32) == sorted(set(sample_frame_indices(33, 32)))
+
+
+def test_sample_indices_reject_a_count_below_one() -> None:
+    with pytest.raises(ValueError):
+        sample_frame_indices(100, 0)
+
+
+def test_should_seek_only_when_targets_are_far_apart() -> None:
+    # Given the default gap rule, Then short videos are read through and long ones are seeked
+    assert not should_seek(120, 16)
+    assert should_seek(2400, 32)
+    assert not should_seek(10**6, 1)
+
+
+# --- video decode -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["path", "bytes"])
+@pytest.mark.parametrize("seek_min_gap", [NEVER_SEEK, ALWAYS_SEEK], ids=["sequential", "seeking"])
+def test_decode_returns_exactly_the_sampled_frames(
+    clip_120: Path, read_index: Callable, seek_count: list[int], as_bytes: bool, seek_min_gap: int
+) -> None:
+    # Given a 120-frame clip whose frames draw their own index
+    source = clip_120.read_bytes() if as_bytes else clip_120
+    # When 16 frames are decoded, reading through or seeking
+    decoded = decode_sampled(source, 16, seek_min_gap=seek_min_gap)
+    # Then the frames are the sampled indices, with that content, time stamps and layout
+    assert [f.index for f in decoded.frames] == sample_frame_indices(120, 16)
+    assert [read_index(f.rgb) for f in decoded.frames] == [f.index for f in decoded.frames]
+    assert [f.pts_s for f in decoded.frames] == pytest.approx([f.index / 25 for f in decoded.frames])
+    for frame in decoded.frames:
+        assert frame.rgb.shape == (96, 160, 3) and frame.rgb.dtype == np.uint8 and frame.rgb.flags.c_contiguous
+    assert (len(seek_count) > 0) == (seek_min_gap == ALWAYS_SEEK)
+
+
+def test_probe_and_decode_report_the_clip_facts(clip_120: Path) -> None:
+    # Given the 120-frame, 25 fps H.264 clip, When it is probed and decoded
+    facts = probe(clip_120)
+    # Then the facts match the encoding, and decode reports the same facts
+    assert facts.media_type == "video" and "mp4" in facts.container and facts.codec == "h264"
+    assert (facts.width, facts.height, facts.fps, facts.frame_count) == (160, 96, 25.0, 120)
+    assert facts.duration_s == pytest.approx(4.8)
+    assert facts.size_bytes == clip_120.stat().st_size
+    assert decode_sampled(clip_120, 4).facts == facts
+
+
+def test_frame_count_is_estimated_from_duration_when_the_container_has_none(
+    clip_120_mkv: Path, read_index: Callable
+) -> None:
+    # Given a Matroska clip (a duration but no frame count), When probed and decoded
+    facts = probe(clip_120_mkv)
+    decoded = decode_sampled(clip_120_mkv, 8)
+    # Then the count is duration * fps and the last sampled frame is the real last frame
+    assert facts.container == "matroska,webm" and facts.frame_count == 120
+    assert [read_index(f.rgb) for f in decoded.frames] == sample_frame_indices(120, 8)
+
+
+@pytest.mark.parametrize("seek_min_gap", [media.SEEK_MIN_GAP_FRAMES, NEVER_SEEK], ids=["default-seeks", "sequential"])
+def test_long_video_decodes_in_bounded_memory(
+    long_clip: Path, read_index: Callable, seek_count: list[int], seek_min_gap: int
+) -> None:
+    # Given a 2400-frame clip (about 110 MB as RGB), When 16 frames are sampled
+    tracemalloc.start()
+    try:
+        decoded = decode_sampled(long_clip, 16, seek_min_gap=seek_min_gap)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Then only the 16 samples (~0.7 MB) were ever held, with the right content
+    assert peak < 8 * 2**20
+    assert [read_index(f.rgb) for f in decoded.frames] == sample_frame_indices(2400, 16)
+    # And the default rule seeks once per target (keyframes every 25 frames, targets 160 apart)
+    assert len(seek_count) == (16 if seek_min_gap == media.SEEK_MIN_GAP_FRAMES else 0)
+
+
+def test_seeking_does_not_seek_back_into_a_keyframe_interval_it_already_decoded(
+    clip_120: Path, seek_count: list[int], read_index: Callable
+) -> None:
+    # Given a clip whose only keyframe is the first frame, When every 8th frame is fetched by seeking
+    decoded = decode_sampled(clip_120, 16, seek_min_gap=ALWAYS_SEEK)
+    # Then one seek suffices: the index shows each later target lies past that keyframe
+    assert len(seek_count) == 1
+    assert [read_index(f.rgb) for f in decoded.frames] == sample_frame_indices(120, 16)
+
+
+def test_display_rotation_is_applied_to_frames_and_facts(rotated_clip: Path) -> None:
+    # Given a 160x96 clip flagged for a 90° counter-clockwise display rotation, band on top
+    decoded = decode_sampled(rotated_clip, 2)
+    rgb = decoded.frames[0].rgb
+    # Then frames come back upright (96 wide, 160 high, the band on the left) and facts agree
+    assert rgb.shape == (160, 96, 3)
+    assert rgb[:, :8].mean() > 200 and rgb[:, -8:].mean() < 30
+    assert (decoded.facts.width, decoded.facts.height) == (96, 160)
+    assert (probe(rotated_clip).width, probe(rotated_clip).height) == (96, 160)
+
+
+def test_pyav_decoder_is_registered() -> None:
+    assert DECODERS.get("pyav") is decode_sampled
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+def test_png_is_one_frame_media_in_rgb(png_bytes: bytes) -> None:
+    # Given an RGBA PNG, When decoded
+    decoded = decode_sampled(png_bytes, 32)
+    # Then it is one RGB frame with image facts
+    assert decoded.facts == media.MediaFacts("image", "PNG", "png", 30, 20, None, None, 1, len(png_bytes))
+    (frame,) = decoded.frames
+    assert (frame.index, frame.pts_s) == (0, None)
+    assert frame.rgb.shape == (20, 30, 3) and frame.rgb.flags.c_contiguous
+    assert np.array_equal(frame.rgb[0, :, 0], np.arange(30) * 8)
+
+
+def test_jpeg_exif_orientation_is_applied(jpeg_exif_rotated: bytes, tmp_path: Path) -> None:
+    # Given a 100x40 JPEG, white block top-left, EXIF orientation 6 (turn 90° clockwise to show)
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(jpeg_exif_rotated)
+    # When probed and decoded from a path
+    facts, decoded = probe(path), decode_sampled(path)
+    # Then it is 40 wide and 100 high and the block is now top-right
+    assert (facts.media_type, facts.codec, facts.width, facts.height) == ("image", "jpeg", 40, 100)
+    assert decoded.facts == facts
+    rgb = decoded.frames[0].rgb
+    assert rgb.shape == (100, 40, 3)
+    assert rgb[:10, -10:].mean() > 200 and rgb[:10, :10].mean() < 50
+
+
+def test_animated_gif_is_decoded_as_video() -> None:
+    # Given a 10-frame animated GIF, When 4 frames are sampled
+    frames = [Image.new("RGB", (32, 32), (i * 25, 0, 0)) for i in range(10)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:], duration=40)
+    decoded = decode_sampled(buffer.getvalue(), 4)
+    # Then it is a video of 10 frames and the sampled frames are spread over it
+    assert (decoded.facts.media_type, decoded.facts.codec, decoded.facts.frame_count) == ("video", "gif", 10)
+    assert [f.index for f in decoded.frames] == [0, 3, 6, 9]
+    assert decoded.frames[-1].rgb[..., 0].mean() > decoded.frames[0].rgb[..., 0].mean() + 100
+
+
+# --- bad input ----------------------------------------------------------------------------------
+
+
+def _code(source: media.MediaSource) -> str:
+    with pytest.raises(MediaError) as caught:
+        decode_sampled(source, 16)
+    return caught.value.code
+
+
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["path", "bytes"])
+def test_zero_bytes_is_empty_media(tmp_path: Path, as_bytes: bool) -> None:
+    path = tmp_path / "empty.mp4"
+    path.write_bytes(b"")
+    assert _code(b"" if as_bytes else path) == "empty_media"
+
+
+def test_text_is_not_media_and_keeps_the_cause(tmp_path: Path) -> None:
+    # Given a text file named like a video, When decoded
+    path = tmp_path / "notes.mp4"
+    path.write_text("this is not a video\n" * 50)
+    with pytest.raises(MediaError) as caught:
+        decode_sampled(path)
+    # Then it is not_media, chained to PyAV's error
+    assert caught.value.code == "not_media"
+    assert isinstance(caught.value.__cause__, av.error.FFmpegError)
+    assert _code(path) == _code(path.read_bytes()) == "not_media"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_bytes_are_not_media_or_corrupt(seed: int) -> None:
+    noise = np.random.default_rng(seed).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    assert _code(noise) in {"not_media", "corrupt_media"}
+
+
+def _cut_before_packet(path: Path, k: int) -> bytes:
+    """The file's bytes up to where its k-th video packet (decode order) starts: k packets survive."""
+    with av.open(str(path)) as container:
+        start = container.streams.video[0].index_entries[k].pos
+    return path.read_bytes()[:start]
+
+
+@pytest.mark.parametrize("seek_min_gap", [NEVER_SEEK, ALWAYS_SEEK], ids=["sequential", "seeking"])
+def test_mp4_cut_in_half_is_truncated_media(noisy_clip: Path, seek_min_gap: int) -> None:
+    # Given a faststart MP4 (index first) cut to half its bytes: the index still declares 120 frames
+    data = noisy_clip.read_bytes()
+    # When decoded, Then the stream ends near frame 60, under 90 % of the declaration: truncated_media
+    with pytest.raises(MediaError) as caught:
+        decode_sampled(data[: len(data) // 2], 16, seek_min_gap=seek_min_gap)
+    assert caught.value.code == "truncated_media"
+    assert "of 120 declared frames" in caught.value.detail
+
+
+@pytest.mark.parametrize("seek_min_gap", [NEVER_SEEK, ALWAYS_SEEK], ids=["sequential", "seeking"])
+def test_truncation_rule_draws_the_line_at_90_percent(
+    noisy_clip: Path, read_index: Callable, seek_min_gap: int
+) -> None:
+    # Given the clip cut after 100 of its 120 packets (< 90 %), and after 115 (> 90 %)
+    short, nearly_whole = _cut_before_packet(noisy_clip, 100), _cut_before_packet(noisy_clip, 115)
+    # When decoded, Then the first is truncated_media
+    with pytest.raises(MediaError) as caught:
+        decode_sampled(short, 16, seek_min_gap=seek_min_gap)
+    assert caught.value.code == "truncated_media"
+    # And the second keeps 16 frames, its last decoded frame standing in for the lost last target
+    decoded = decode_sampled(nearly_whole, 16, seek_min_gap=seek_min_gap)
+    assert len(decoded.frames) == 16
+    assert 108 <= decoded.frames[-1].index < 119
+    assert [read_index(f.rgb) for f in decoded.frames] == [f.index for f in decoded.frames]
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seek_min_gap", [NEVER_SEEK, ALWAYS_SEEK], ids=["sequential", "seeking"])
+def test_damaged_middle_yields_decodable_frames_or_a_media_error(
+    noisy_clip: Path, read_index: Callable, seed: int, seek_min_gap: int
+) -> None:
+    # Given the MP4 with its middle third overwritten by noise
+    data = bytearray(noisy_clip.read_bytes())
+    third = len(data) // 3
+    data[third : 2 * third] = np.random.default_rng(seed).integers(0, 256, third, dtype=np.uint8).tobytes()
+    # When decoded, Then the guarantee holds: a MediaError, or frames in increasing index order,
+    # within the declared count, whose undamaged ones (before the damage) show their own index
+    try:
+        decoded = decode_sampled(bytes(data), 16, seek_min_gap=seek_min_gap)
+    except MediaError:
+        return
+    indices = [f.index for f in decoded.frames]
+    assert indices == sorted(set(indices)) and indices[0] >= 0 and indices[-1] < 120
+    # and each frame answers its own target: a target lies between any two consecutive frames
+    targets = sample_frame_indices(120, 16)
+    assert all(any(a < t <= b for t in targets) for a, b in itertools.pairwise(indices))
+    assert all(read_index(f.rgb) == f.index for f in decoded.frames if f.index < 30)
+
+
+def test_audio_only_file_has_no_video_stream(tmp_path: Path) -> None:
+    # Given a WAV file, When decoded, Then no_video_stream
+    path = tmp_path / "tone.wav"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=8000)
+        samples = (np.sin(np.arange(8000) / 10) * 3000).astype(np.int16)[None, :]
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+        frame.sample_rate = 8000
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    assert _code(path) == "no_video_stream"
+
+
+def test_unknown_codec_is_unsupported_codec(tmp_path: Path) -> None:
+    # Given a Matroska file whose video track names a codec FFmpeg does not know
+    path = tmp_path / "clip.mkv"
+    write_video(path, (np.zeros((16, 16, 3), np.uint8) for _ in range(3)))
+    data = path.read_bytes()
+    assert data.count(b"V_MPEG4/ISO/AVC") == 1
+    # When decoded, Then unsupported_codec
+    assert _code(data.replace(b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/XYZ")) == "unsupported_codec"
+
+
+def test_playlist_cannot_make_ffmpeg_read_other_files(tmp_path: Path, clip_120: Path) -> None:
+    # Given an HLS playlist upload naming a local video file
+    path = tmp_path / "upload.m3u8"
+    path.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{clip_120}\n#EXT-X-ENDLIST\n")
+    # When decoded, Then FFmpeg may not open the named file: the upload is not media
+    assert _code(path) == "not_media"
+
+
+# --- write_video --------------------------------------------------------------------------------
+
+
+def test_write_video_streams_frames_instead_of_holding_them(tmp_path: Path) -> None:
+    # Given 400 frames produced one at a time (18 MB in all), When written
+    tracemalloc.start()
+    try:
+        write_video(tmp_path / "stream.mp4", (np.full((96, 160, 3), i % 256, np.uint8) for i in range(400)))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Then only a few frames were alive at once, and the file holds all 400
+    assert peak < 4 * 2**20
+    assert probe(tmp_path / "stream.mp4").frame_count == 400
+
+
+def test_write_video_rejects_odd_sizes_and_size_changes(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="even"):
+        write_video(tmp_path / "odd.mp4", [np.zeros((15, 16, 3), np.uint8)])
+    with pytest.raises(ValueError, match="changed"):
+        write_video(tmp_path / "mixed.mp4", [np.zeros((16, 16, 3), np.uint8), np.zeros((32, 16, 3), np.uint8)])
