@@ -19,13 +19,20 @@ Rule = Callable[[np.ndarray, float | None], float]
 RULES: Registry[Rule] = Registry("aggregation rule")
 
 
+def _no_parameter(rule: str, param: float | None) -> None:
+    if param is not None:
+        raise ValueError(f"aggregation rule {rule!r} takes no parameter, got {param:g}")
+
+
 @RULES.register("mean")
-def _mean(p: np.ndarray, _: float | None) -> float:
+def _mean(p: np.ndarray, param: float | None) -> float:
+    _no_parameter("mean", param)
     return float(p.mean())
 
 
 @RULES.register("max")
-def _max(p: np.ndarray, _: float | None) -> float:
+def _max(p: np.ndarray, param: float | None) -> float:
+    _no_parameter("max", param)
     return float(p.max())
 
 
@@ -51,11 +58,14 @@ class AggregationRule:
     @classmethod
     def parse(cls, text: str) -> AggregationRule:
         name, _, param = text.partition(":")
-        RULES.get(name)
+        if name not in RULES:
+            raise ValueError(f"unknown aggregation rule {name!r}; registered: {', '.join(RULES.names())}")
         value = float(param) if param else None
         if value is not None and not 0.0 < value <= 1.0:
             raise ValueError(f"aggregation parameter must be in (0, 1], got {text!r}")
-        return cls(name, value)
+        rule = cls(name, value)
+        rule.reduce([0.0])  # a rule refuses a parameter it does not take
+        return rule
 
     def __str__(self) -> str:
         return self.name if self.param is None else f"{self.name}:{self.param:g}"

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 from engines.errors import EngineError
@@ -43,6 +44,7 @@ class EngineStore:
         folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
         try:
+            staging.chmod(folder.stat().st_mode & 0o777)  # mkdtemp's 0700 would hide the engine from the daemon's user
             shutil.copyfile(artifact, staging / manifest.artifact)
             while True:
                 version = (self.versions(manifest.name) or [0])[-1] + 1
@@ -63,7 +65,7 @@ class EngineStore:
         if not target.is_dir():
             raise EngineError(f"engine {name} has no version {version} in {self.root}")
         link = self.root / name / CURRENT
-        tmp = link.with_name(f".{CURRENT}-{os.getpid()}")
+        tmp = link.with_name(f".{CURRENT}-{os.getpid()}-{threading.get_ident()}")
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(target.name)
         os.replace(tmp, link)

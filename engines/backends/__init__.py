@@ -51,7 +51,12 @@ class LoadedEngine:
 
 def load_engine(path: Path, threads: int = 0, verify: bool = True) -> LoadedEngine:
     """Load the engine in folder ``path``; refuse an artifact whose hash differs from its manifest."""
-    manifest = EngineManifest.read(path)
+    try:
+        manifest = EngineManifest.read(path)
+    except (OSError, ValueError) as e:  # missing, unreadable or invalid manifest (pydantic errors are ValueErrors)
+        raise EngineError(f"no valid engine manifest in {path}: {e}") from e
+    if manifest.backend.name not in BACKENDS:
+        raise EngineError(f"engine {manifest.name} needs backend {manifest.backend.name!r}, which is not available")
     artifact = Path(path) / manifest.artifact
     if not artifact.exists():
         raise EngineError(f"engine artifact {artifact} is missing")

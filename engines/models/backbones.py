@@ -59,7 +59,10 @@ def load_tower_weights(tower: nn.Module, path: Path) -> None:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state)
     visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-    missing, unexpected = tower.load_state_dict(visual or state, strict=False)
+    try:
+        missing, unexpected = tower.load_state_dict(visual or state, strict=False)
+    except RuntimeError as e:  # right names, wrong shapes (another tower size)
+        raise EngineError(f"{checkpoint} does not fit the tower: {e}") from e
     if missing or unexpected:
         raise EngineError(
             f"{checkpoint} does not fit the tower: {len(missing)} missing keys (e.g. {missing[:3]}), "
