@@ -81,9 +81,25 @@ def tower_blocks(tower: nn.Module) -> list[nn.Module]:
     raise TypeError(f"cannot find transformer blocks in {type(tower).__name__}")
 
 
+_POST_BLOCK_NAMES = ("ln_post", "proj", "attn_pool", "attn_pool_contrastive", "ln_contrastive", "head",
+                     "trunk.norm", "trunk.fc_norm", "trunk.attn_pool", "trunk.head")  # fmt: skip
+
+
+def post_block_parameters(tower: nn.Module) -> list[nn.Parameter]:
+    """Parameters of the layers after the last block (final norm, pooling head, projection), native or timm."""
+    found = []
+    for name, parameter in tower.named_parameters():
+        if any(name == p or name.startswith(p + ".") for p in _POST_BLOCK_NAMES):
+            found.append(parameter)
+    return found
+
+
 def set_trainable_blocks(tower: nn.Module, last_blocks: int) -> None:
-    """Freeze the tower, then unfreeze its last ``last_blocks`` blocks (-1: everything)."""
+    """Freeze the tower, then unfreeze its last ``last_blocks`` blocks and the layers after them, so no frozen
+    layer sits between trained blocks and the detector head. ``-1`` trains the whole tower."""
     tower.requires_grad_(last_blocks == -1)
     if last_blocks > 0:
         for block in tower_blocks(tower)[-last_blocks:]:
             block.requires_grad_(True)
+        for parameter in post_block_parameters(tower):
+            parameter.requires_grad_(True)

@@ -84,10 +84,13 @@ def test_unfreezing_two_blocks_trains_exactly_the_last_two() -> None:
     blocks = tower_blocks(model.tower)
     assert len(blocks) >= 3
 
-    # Then the trainable tower parameters are exactly those of the last two blocks, and none of the earlier ones
-    expected = {id(p) for block in blocks[-2:] for p in block.parameters()}
-    assert {id(p) for p in model.tower.parameters() if p.requires_grad} == expected
-    assert expected and not any(p.requires_grad for block in blocks[:-2] for p in block.parameters())
+    # Then the trainable tower parameters are those of the last two blocks and of the layers after them
+    # (open_clip's ln_post and proj), and none of the earlier blocks or the embeddings
+    post = {id(p) for name, p in model.tower.named_parameters() if name.startswith("ln_post") or name == "proj"}
+    expected = {id(p) for block in blocks[-2:] for p in block.parameters()} | post
+    assert post and {id(p) for p in model.tower.parameters() if p.requires_grad} == expected
+    assert not any(p.requires_grad for block in blocks[:-2] for p in block.parameters())
+    assert not model.tower.conv1.weight.requires_grad and not model.tower.positional_embedding.requires_grad
 
 
 def test_unfreezing_all_blocks_trains_the_whole_tower() -> None:
@@ -273,9 +276,13 @@ def test_the_b16_recipe_builds_a_768_wide_tower_with_random_weights_and_no_netwo
         features = model.eval().embed(torch.zeros(1, 3, recipe.input.size, recipe.input.size))
     assert features.shape == (1, 768)
 
-    # And unfreezing two blocks of a timm-backed tower frees exactly its last two blocks
+    # And unfreezing two blocks of a timm-backed tower frees its last two blocks, the final norm and the
+    # attention-pooling head, and nothing before them
     set_trainable_blocks(model.tower, 2)
     blocks = tower_blocks(model.tower)
-    assert {id(p) for p in model.tower.parameters() if p.requires_grad} == {
+    post_prefixes = ("trunk.norm.", "trunk.attn_pool.", "trunk.fc_norm.", "trunk.head.")
+    post = {id(p) for name, p in model.tower.named_parameters() if name.startswith(post_prefixes)}
+    assert post and {id(p) for p in model.tower.parameters() if p.requires_grad} == {
         id(p) for block in blocks[-2:] for p in block.parameters()
-    }
+    } | post
+    assert not model.tower.trunk.patch_embed.proj.weight.requires_grad
