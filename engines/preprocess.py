@@ -60,7 +60,8 @@ def fit_to_square(chw: torch.Tensor, size: int, mode: ResizeMode) -> torch.Tenso
 
 def preprocess_image(rgb: np.ndarray | torch.Tensor, contract: InputContract) -> torch.Tensor:
     """One RGB uint8 HWC image → normalised float32 CHW tensor of the contract's size."""
-    hwc = torch.as_tensor(np.ascontiguousarray(rgb) if isinstance(rgb, np.ndarray) else rgb)  # e.g. bgr[..., ::-1]
+    # np.require copies only reversed/strided views (e.g. bgr[..., ::-1]) and read-only arrays (PIL's)
+    hwc = torch.as_tensor(np.require(rgb, requirements=["C", "W"]) if isinstance(rgb, np.ndarray) else rgb)
     if hwc.ndim != 3 or hwc.shape[2] != 3:
         raise ValueError(f"expected an H×W×3 RGB image, got shape {tuple(hwc.shape)}")
     chw = hwc.permute(2, 0, 1).float().div(255.0)  # not div_: .float() of a float32 input is the caller's memory

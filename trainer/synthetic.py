@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from engines.faces import FaceBox
 
 CANVAS = (640, 360)  # width, height of generated frames
-DONORS = ("chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel")
+DONORS = ("chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel")
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,10 @@ class SceneFactory:
         return Forgery(
             cx=rng.uniform(0.3, 0.7),
             cy=rng.uniform(0.35, 0.7),
-            radius=rng.uniform(0.16, 0.28),
+            radius=rng.uniform(0.18, 0.3),
             donor=int(rng.integers(len(self.donors))),
             donor_xy=(rng.uniform(0.1, 0.7), rng.uniform(0.1, 0.7)),
-            alpha=rng.uniform(0.8, 1.0),
+            alpha=rng.uniform(0.85, 1.0),
         )
 
     def random_view(self, rng: np.random.Generator) -> View:

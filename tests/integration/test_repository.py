@@ -188,8 +188,7 @@ def test_the_database_refuses_to_change_stored_verdicts(
     assert replace(repository.get(saved.id), created_at=None) == record
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite has no TRUNCATE
 def test_postgresql_refuses_truncate(db_engine: Engine) -> None:
-    if db_engine.dialect.name != "postgresql":
-        pytest.skip("TRUNCATE exists on PostgreSQL only")
     with pytest.raises(IntegrityError, match="append-only"), db_engine.begin() as connection:
         connection.execute(text("TRUNCATE verdict_masks"))

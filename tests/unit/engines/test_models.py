@@ -282,7 +282,9 @@ def test_the_b16_recipe_builds_a_768_wide_tower_with_random_weights_and_no_netwo
     blocks = tower_blocks(model.tower)
     post_prefixes = ("trunk.norm.", "trunk.attn_pool.", "trunk.fc_norm.", "trunk.head.")
     post = {id(p) for name, p in model.tower.named_parameters() if name.startswith(post_prefixes)}
-    assert post and {id(p) for p in model.tower.parameters() if p.requires_grad} == {
-        id(p) for block in blocks[-2:] for p in block.parameters()
-    } | post
+    assert (
+        post
+        and {id(p) for p in model.tower.parameters() if p.requires_grad}
+        == {id(p) for block in blocks[-2:] for p in block.parameters()} | post
+    )
     assert not model.tower.trunk.patch_embed.proj.weight.requires_grad
