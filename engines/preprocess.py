@@ -29,7 +29,7 @@ class InputContract(BaseModel):
     crop_mode: CropMode = "face"
     face_margin: float = Field(default=0.3, ge=0.0, description="extra side around the face box, as a fraction")
     min_face_confidence: float = Field(default=0.9, ge=0.0, le=1.0)
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    mean: tuple[float, float, float] = Field(default=(0.5, 0.5, 0.5), description="in the engine's channel order")
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     color_order: Literal["RGB", "BGR"] = "RGB"
 
