@@ -127,7 +127,7 @@ def run_scan(
             for item in batch:
                 record = verdict(item, next(scores) if item.pixels is not None else None, manifest, config)
                 saved = repository.save(record)
-                log.info("verdict", job_id=record.job_id, uri=record.media_uri, status=record.status,
+                log.debug("verdict", job_id=record.job_id, uri=record.media_uri, status=record.status,
                          label=record.label, p_fake=record.p_fake, code=record.code)  # fmt: skip
                 yield ScanResult(record, saved.id, saved.created, item.job.path)
     finally:
