@@ -71,7 +71,8 @@ def _prepare_ahead(
         for job in jobs:
             if stop.is_set():
                 return
-            out.put(run(job))
+            with structlog.contextvars.bound_contextvars(job_id=job.job_id, uri=job.uri):
+                out.put(run(job))
     finally:
         out.put(_DONE)
 
