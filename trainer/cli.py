@@ -1,4 +1,4 @@
-"""The ``trainer`` command: recipes, the demo engine and demo media, engine builds."""
+"""The ``trainer`` command: recipes, datasets, training, evaluation, few-shot adaptation, the demo and engine builds."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
     for name in recipe_names():
         recipe = load_recipe(name)
-        print(f"{name:32} {recipe.detector:14} {recipe.input.size:4}px  {recipe.description}")
+        print(f"{name:30} {recipe.detector:18} {recipe.input.size:4}px  {recipe.description}")
     return 0
 
 
@@ -64,6 +64,122 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe(args: argparse.Namespace):
+    from engines.recipes import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    if getattr(args, "backbone_weights", None):
+        recipe = load_recipe(
+            args.recipe, backbone={**recipe.backbone.model_dump(), "weights": str(args.backbone_weights)}
+        )
+    return recipe
+
+
+def cmd_import_folders(args: argparse.Namespace) -> int:
+    from trainer.data import import_binary_folders, import_class_folders, write_manifest
+
+    if args.layout == "binary":
+        rows = import_binary_folders(args.root)
+    else:
+        rows = import_class_folders(args.root, real_class=args.real_class)
+    path = write_manifest(rows, args.root / args.manifest)
+    print(f"{len(rows)} items → {path}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from trainer.prepare import prepare
+
+    summary = prepare(args.data, args.out, _recipe(args).input, frames=args.frames)
+    print(
+        f"{summary.media} media → {summary.crops} crops in {summary.manifest} "
+        f"({summary.without_face} without a face, {summary.failed} failed)"
+    )
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    import torch
+
+    from engines.models import build_detector
+    from trainer.data import dataset_for
+    from trainer.loop import FitOptions, fit
+
+    recipe = _recipe(args)
+    torch.manual_seed(args.seed)
+    model = build_detector(recipe)
+    if args.init_checkpoint:
+        model.load_state_dict(torch.load(args.init_checkpoint, map_location="cpu", weights_only=True))
+    options = FitOptions(
+        out=args.out, epochs=args.epochs, max_steps=args.max_steps, eval_every=args.eval_every,
+        time_budget_s=args.time_budget, seed=args.seed, workers=args.workers, resume=args.resume,
+        progress=not args.no_progress, device=args.device,
+    )  # fmt: skip
+    result = fit(recipe, model, dataset_for(args.data, "train", recipe), dataset_for(args.data, "val", recipe), options)
+    print(
+        f"best {recipe.train.select_by} {result.best_metric:.4f} at step {result.best_step}; "
+        f"threshold {result.threshold:.3f}; run in {result.run_dir}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from trainer.report import EvaluateOptions, evaluate_run
+
+    options = EvaluateOptions(
+        data=args.data, split=args.split, out=args.out, run=args.run, recipe=args.recipe, checkpoint=args.checkpoint,
+        threshold=args.threshold, aggregation=args.aggregation, min_track_fraction=args.min_track_fraction,
+        c_miss=args.c_miss, c_fa=args.c_fa, p_fake=args.p_fake, device=args.device,
+    )  # fmt: skip
+    report = evaluate_run(options)
+    image = report["image"]
+    print(
+        f"{image['n']} images: AUC {image['roc_auc']:.4f}  AP {image['average_precision']:.4f}  "
+        f"acc {image['accuracy']:.4f}  EER {image.get('eer', float('nan')):.4f}  DCF {image['dcf']:.4f}  → {args.out}"
+    )
+    return 0
+
+
+def cmd_fewshot(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from engines.models import build_detector
+    from trainer.data import dataset_for
+    from trainer.fewshot import fit_prototypes, load_encoder
+
+    recipe = _recipe(args)
+    if args.shots:
+        recipe = recipe.model_copy(update={"fewshot": recipe.fewshot.model_copy(update={"shots": args.shots})})
+    detector = build_detector(recipe)
+    if args.encoder_checkpoint:
+        load_encoder(detector, args.encoder_checkpoint)
+    support, val = dataset_for(args.data, "train", recipe), dataset_for(args.data, "val", recipe)
+    result = fit_prototypes(recipe, detector, support, val, seed=args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.save(detector.state_dict(), args.out / "best.pt")
+    (args.out / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
+    summary = {"recipe": recipe.name, "recipe_sha256": recipe.sha256, **vars(result),
+               "threshold_rule": f"lowest threshold with validation precision >= {result.min_precision}"}  # fmt: skip
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"prototypes from {result.support_per_class} images per class; threshold {result.threshold:.3f} "
+        f"(val precision {result.val_precision:.3f}, recall {result.val_recall:.3f}, AUC {result.val_roc_auc:.3f})"
+    )
+    if args.engine:
+        from engines.store import EngineStore
+        from trainer.build import build_onnx_engine
+
+        evaluation = {f"val_{k}": v for k, v in vars(result).items() if k != "threshold"}
+        manifest = build_onnx_engine(
+            detector, recipe, EngineStore(args.engine_store), args.engine, threshold=result.threshold,
+            evaluation=evaluation,
+        )  # fmt: skip
+        print(f"engine {manifest.name} v{manifest.version} built")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainer", description="deepsift trainer: detectors and engines")
     parser.add_argument("--engine-store", type=Path, default=Path("var/engines"), help="engine store root")
@@ -75,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--name", default="demo")
     demo.add_argument("--media", type=Path, help="also write demo videos and images with ground truth here")
     demo.add_argument("--steps", type=int, default=DEFAULT_DEMO_STEPS)
-    demo.add_argument("--time-budget", type=float, default=150.0, help="stop training after this many seconds")
+    demo.add_argument("--time-budget", type=float, default=300.0, help="stop training after this many seconds")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--force", action="store_true", help="rebuild even if a current demo engine exists")
     demo.set_defaults(handler=cmd_demo)
@@ -88,6 +204,65 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--allow-untrained", action="store_true", help="build with a random head (benchmarks only)")
     build.add_argument("--no-promote", action="store_true", help="store the version without making it current")
     build.set_defaults(handler=cmd_build_engine)
+
+    folders = commands.add_parser("import-folders", help="write a manifest for a split/class folder layout")
+    folders.add_argument("root", type=Path, help="dataset root holding train/, val/, test/ folders")
+    folders.add_argument("--layout", choices=["binary", "classes"], default="binary",
+                         help="binary: split/REAL|FAKE; classes: split/<class>/, masks in split/masks/")  # fmt: skip
+    folders.add_argument("--real-class", default="real", help="the class folder holding real media (classes layout)")
+    folders.add_argument("--manifest", default="manifest.jsonl", help="file name inside root (.jsonl or .csv)")
+    folders.set_defaults(handler=cmd_import_folders)
+
+    prep = commands.add_parser("prepare", help="media → face crops (or frames) with the daemon's decode and face code")
+    prep.add_argument("--data", type=Path, required=True, help="manifest of images and videos")
+    prep.add_argument("--recipe", required=True, help="recipe whose input contract (crop mode, margin) applies")
+    prep.add_argument("--out", type=Path, required=True)
+    prep.add_argument("--frames", type=int, default=32, help="evenly spaced frames per video (SD²: 32)")
+    prep.set_defaults(handler=cmd_prepare)
+
+    fitp = commands.add_parser("fit", help="train a recipe's detector on a manifest (torchrun for several GPUs)")
+    fitp.add_argument("--recipe", required=True)
+    fitp.add_argument("--data", type=Path, required=True, help="manifest with train and val splits")
+    fitp.add_argument("--out", type=Path, required=True, help="run folder: best.pt, last.pt, history.json, ...")
+    fitp.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    fitp.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    fitp.add_argument("--eval-every", type=int, help="optimizer steps between validations (default: each epoch)")
+    fitp.add_argument("--time-budget", type=float, help="stop after this many seconds")
+    fitp.add_argument("--backbone-weights", type=Path, help="local open_clip checkpoint for the backbone")
+    fitp.add_argument("--init-checkpoint", type=Path, help="detector state_dict to start from")
+    fitp.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    fitp.add_argument("--seed", type=int, default=0)
+    fitp.add_argument("--workers", type=int, default=4, help="data-loading processes")
+    fitp.add_argument("--device", help="torch device (default: this rank's GPU, else CPU)")
+    fitp.add_argument("--no-progress", action="store_true")
+    fitp.set_defaults(handler=cmd_fit)
+
+    ev = commands.add_parser("evaluate", help="metrics (JSON) and plots (PNG) of a trained detector on a split")
+    ev.add_argument("--data", type=Path, required=True)
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--out", type=Path, required=True, help="folder for report.json and the plots")
+    ev.add_argument("--run", type=Path, help="a run folder from `trainer fit` or `trainer fewshot`")
+    ev.add_argument("--recipe", help="instead of --run: a recipe …")
+    ev.add_argument("--checkpoint", type=Path, help="… and a detector state_dict")
+    ev.add_argument("--threshold", type=float, help="operating threshold (default: the run's, else 0.5)")
+    ev.add_argument("--aggregation", default="mean", help="video rule, as the daemon's: mean, max, topk:F, quantile:Q")
+    ev.add_argument("--min-track-fraction", type=float, default=0.1)
+    ev.add_argument("--c-miss", type=float, default=1.0, help="DCF cost of a missed fake")
+    ev.add_argument("--c-fa", type=float, default=1.0, help="DCF cost of a false alarm")
+    ev.add_argument("--p-fake", type=float, default=0.5, help="DCF prior of a fake")
+    ev.add_argument("--device")
+    ev.set_defaults(handler=cmd_evaluate)
+
+    few = commands.add_parser("fewshot", help="prototype few-shot adaptation (seed 000 §2.3) → run folder or engine")
+    few.add_argument("--recipe", required=True)
+    few.add_argument("--data", type=Path, required=True, help="manifest: support from train, threshold from val")
+    few.add_argument("--out", type=Path, required=True)
+    few.add_argument("--encoder-checkpoint", type=Path, help="trained detector whose tower.* weights are the encoder")
+    few.add_argument("--backbone-weights", type=Path, help="local open_clip checkpoint for the encoder")
+    few.add_argument("--shots", type=int, help="support images per class (default: the recipe's)")
+    few.add_argument("--seed", type=int, default=0)
+    few.add_argument("--engine", help="also build an engine of this name into --engine-store")
+    few.set_defaults(handler=cmd_fewshot)
     return parser
 
 

@@ -8,6 +8,7 @@ download. It teaches a detector to find blended pastes — it is *not* a deepfak
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -78,8 +79,10 @@ class SceneFactory:
 
     def forged_photo(self, forgery: Forgery | None) -> Image.Image:
         """The face photo, with the forgery blended in when one is given."""
-        if forgery is None:
-            return self.face
+        return self.face if forgery is None else self.forged_photo_and_mask(forgery)[0]
+
+    def forged_photo_and_mask(self, forgery: Forgery) -> tuple[Image.Image, Image.Image]:
+        """The forged photo and its tamper mask ("L", 255 where the paste outweighs the original)."""
         b = self.box
         side = max(b.x1 - b.x0, b.y1 - b.y0)
         r = max(4, int(forgery.radius * side))
@@ -93,7 +96,28 @@ class SceneFactory:
         mask = mask.filter(ImageFilter.GaussianBlur(r / 8))
         photo = self.face.copy()
         photo.paste(patch, (cx - r, cy - r), mask)
-        return photo
+        full_mask = Image.new("L", self.face.size, 0)
+        full_mask.paste(mask.point(lambda v: 255 if v >= 128 else 0), (cx - r, cy - r))
+        return photo, full_mask
+
+    def synthesized_photo(self, rng: np.random.Generator) -> Image.Image:
+        """A stand-in for an entirely generated image: the whole photo resampled, smoothed and colour-shifted,
+        so the trace is global rather than local (the "synthetic" class of the 3-class task)."""
+        w, h = self.face.size
+        factor = rng.uniform(0.35, 0.5)
+        small = self.face.resize((max(8, int(w * factor)), max(8, int(h * factor))), Image.BICUBIC)
+        photo = small.resize((w, h), Image.BICUBIC).filter(ImageFilter.GaussianBlur(rng.uniform(1.0, 2.0)))
+        cast = np.array([rng.uniform(0.75, 0.9) if rng.random() < 0.5 else rng.uniform(1.1, 1.25) for _ in range(3)])
+        return Image.fromarray(
+            np.clip(np.asarray(photo, dtype=np.float32) * cast.astype(np.float32), 0, 255).astype(np.uint8)
+        )
+
+    def render_mask(self, mask: Image.Image, view: View) -> np.ndarray:
+        """A photo-sized mask placed on a black canvas as ``render`` places the photo (H×W×1 uint8)."""
+        canvas = Image.new("L", CANVAS, 0)
+        size = (round(mask.size[0] * view.scale), round(mask.size[1] * view.scale))
+        canvas.paste(mask.resize(size, Image.NEAREST), (round(view.x), round(view.y)))
+        return np.asarray(canvas)[..., None]
 
     def render(self, photo: Image.Image, view: View, background: int = 0) -> tuple[np.ndarray, FaceBox]:
         """Place ``photo`` on a canvas; returns the frame and where the face box landed."""
@@ -118,3 +142,85 @@ def jpeg_roundtrip(rgb: np.ndarray, quality: int) -> np.ndarray:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="JPEG", quality=quality)
     return np.asarray(Image.open(buffer).convert("RGB"))
+
+
+SYNTHETIC_KINDS = ("real", "tampered", "synthetic")  # manipulation types of the offline task
+FACE_DESCRIPTIONS = (
+    "a smiling woman with short dark hair in a white space suit",
+    "an astronaut with a friendly expression, dark hair and a white suit",
+    "a woman in a white NASA suit looking at the camera and smiling",
+)
+
+
+def describe(view: View, background: int, rng: np.random.Generator) -> tuple[str, str]:
+    """Face and environment descriptions of a rendered scene, as a VLM might give them (seed 002 App. F): true
+    of the picture, varied, and independent of whether it was forged."""
+    size = "large" if view.scale > 0.65 else "medium-sized" if view.scale > 0.55 else "small"
+    side = "left" if view.x < CANVAS[0] * 0.2 else "right" if view.x > CANVAS[0] * 0.4 else "centre"
+    face = f"{FACE_DESCRIPTIONS[int(rng.integers(len(FACE_DESCRIPTIONS)))]}, {size} in the frame"
+    environment = f"a blurred {DONORS[background % len(DONORS)]} picture behind the person, who stands {side}"
+    return face, environment
+
+
+def write_forgery_dataset(
+    out: Path,
+    factory: SceneFactory,
+    counts: dict[str, int],
+    *,
+    kinds: tuple[str, ...] = SYNTHETIC_KINDS,
+    crop_size: int = 96,
+    margin: float = 0.3,
+    frames_per_video: int = 4,
+    seed: int = 0,
+) -> Path:
+    """Write face crops of the offline forgery task with tamper masks and descriptions, and a JSONL manifest.
+
+    ``counts`` gives images per split, spread evenly over ``kinds``; consecutive crops of one kind share a
+    ``video_id`` (``frames_per_video`` of them), so video-level aggregation can be exercised. Returns the
+    manifest path.
+    """
+    from engines.faces import square_crop
+    from trainer.data import ManifestRow, write_manifest
+
+    out.mkdir(parents=True, exist_ok=True)
+    rng, rows = np.random.default_rng(seed), []
+    synthesized = [factory.synthesized_photo(rng) for _ in range(8)]  # a pool: resampling a full photo is slow
+    for split, n in counts.items():
+        (out / split).mkdir(exist_ok=True)
+        for i in range(n):
+            kind = kinds[i % len(kinds)]
+            video = f"{split}-{kind}-{(i // len(kinds)) // frames_per_video}"
+            mask_img = None
+            if kind == "tampered":
+                photo, mask_img = factory.forged_photo_and_mask(factory.random_forgery(rng))
+            elif kind == "synthetic":
+                photo = synthesized[int(rng.integers(len(synthesized)))]
+            else:
+                photo = factory.face
+            view, background = factory.random_view(rng), int(rng.integers(100))
+            frame, box = factory.render(photo, view, background)
+            face, environment = describe(view, background, rng)
+            box = jitter_box(box, rng)
+            crop = square_crop(frame, box, margin)
+            flip = rng.random() < 0.5
+            crop = Image.fromarray(crop[:, ::-1].copy() if flip else crop).resize(
+                (crop_size, crop_size), Image.BILINEAR
+            )
+            crop = Image.fromarray(jpeg_roundtrip(np.asarray(crop), int(rng.integers(60, 96))))
+            name = f"{split}/{i:05d}_{kind}"
+            crop.save(out / f"{name}.png")
+            mask_path = ""
+            if mask_img is not None:
+                mask = square_crop(factory.render_mask(mask_img, view), box, margin)[..., 0]
+                mask = Image.fromarray(mask[:, ::-1].copy() if flip else mask).resize(
+                    (crop_size, crop_size), Image.NEAREST
+                )
+                mask.save(out / f"{name}_mask.png")
+                mask_path = f"{name}_mask.png"
+            rows.append(ManifestRow(
+                path=f"{name}.png", label="real" if kind == "real" else "fake", split=split,
+                manipulation="" if kind == "real" else kind, mask_path=mask_path, video_id=video,
+                face_description=face,
+                environment_description=environment,
+            ))  # fmt: skip
+    return write_manifest(rows, out / "manifest.jsonl")

@@ -103,3 +103,71 @@ def set_trainable_blocks(tower: nn.Module, last_blocks: int) -> None:
             block.requires_grad_(True)
         for parameter in post_block_parameters(tower):
             parameter.requires_grad_(True)
+
+
+def build_clip(spec: BackboneSpec) -> tuple[nn.Module, int]:
+    """Return a whole open_clip CLIP model (image and text towers) and its embedding width.
+
+    Named configs build with random weights and load ``spec.weights`` (a full CLIP checkpoint) when given;
+    inline towers are declared by ``vision_cfg`` + ``text_cfg``. Nothing is fetched from a hub.
+    """
+    import open_clip
+    from open_clip.model import CLIP
+
+    if spec.open_clip is not None:
+        config = open_clip.get_model_config(spec.open_clip)
+        if config is None:
+            raise KeyError(f"open_clip has no model config {spec.open_clip!r}")
+        config = dict(config)
+        if spec.image_size is not None:
+            config["vision_cfg"] = {**config["vision_cfg"], "image_size": spec.image_size}
+        if config.get("custom_text") or "hf_tokenizer_name" in config.get("text_cfg", {}):
+            raise ValueError(f"{spec.open_clip}: only CLIP models with open_clip's bundled BPE tokenizer are supported")
+        config.pop("quick_gelu", None)
+        model = CLIP(**config)
+        embed_dim = int(config["embed_dim"])
+    else:
+        vision_cfg = {**(spec.vision_cfg or {}), **({"image_size": spec.image_size} if spec.image_size else {})}
+        model = CLIP(embed_dim=int(spec.embed_dim or 0), vision_cfg=vision_cfg, text_cfg=dict(spec.text_cfg or {}))
+        embed_dim = int(spec.embed_dim or 0)
+    if spec.weights:
+        load_clip_weights(model, Path(spec.weights))
+    return model, embed_dim
+
+
+def load_clip_weights(model: nn.Module, path: Path) -> None:
+    """Load a full open_clip CLIP checkpoint; refuse one that does not fit (missing or unexpected keys)."""
+    checkpoint = _resolve_checkpoint(path)
+    if checkpoint.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(checkpoint))
+    else:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise EngineError(f"{checkpoint} does not fit the CLIP model: {e}") from e
+    if missing or unexpected:
+        raise EngineError(
+            f"{checkpoint} does not fit the CLIP model: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+
+
+def clip_tokenizer(clip: nn.Module) -> object:
+    """open_clip's bundled BPE tokenizer (no download), at the text tower's context length."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(context_length=int(clip.context_length))
+
+
+def enable_grad_checkpointing(*towers: nn.Module) -> None:
+    """Turn on activation checkpointing in open_clip towers that support it (native and timm-backed)."""
+    for tower in towers:
+        setter = getattr(tower, "set_grad_checkpointing", None)
+        if setter is None:
+            raise TypeError(f"{type(tower).__name__} does not support gradient checkpointing")
+        setter(True)

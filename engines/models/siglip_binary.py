@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engines.models.backbones import build_image_tower, set_trainable_blocks
+from engines.models.outputs import DetectorOutput
 from engines.recipes import HeadSpec, Recipe
 
 
@@ -43,6 +44,11 @@ class SiglipBinaryDetector(nn.Module):
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.tower(pixels), dim=-1)
+
+    def outputs(self, pixels: torch.Tensor) -> DetectorOutput:
+        """The fake-logit with its class logits (real 0, fake) — the interface every detector shares."""
+        logit = self(pixels)
+        return DetectorOutput(fake_logit=logit, class_logits=torch.stack([torch.zeros_like(logit), logit], dim=1))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         features = self.embed(pixels)

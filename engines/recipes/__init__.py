@@ -24,9 +24,34 @@ class _Frozen(BaseModel):
 
 
 class TaskSpec(_Frozen):
-    kind: Literal["binary"] = "binary"
+    """What the detector decides. Every detector also gives P(fake); for ``multiclass`` that is
+    1 − P(``real_class``) (seed 002 §5.1), for ``binary`` it is P(``positive_class``)."""
+
+    kind: Literal["binary", "multiclass"] = "binary"
     class_names: tuple[str, ...] = ("real", "fake")
     positive_class: str = "fake"
+    real_class: str = "real"
+    masks: bool = Field(default=False, description="the detector also predicts a tamper mask")
+
+    @model_validator(mode="after")
+    def _classes_known(self) -> TaskSpec:
+        if self.real_class not in self.class_names:
+            raise ValueError(f"real_class {self.real_class!r} is not one of {self.class_names}")
+        if self.kind == "binary" and (len(self.class_names) != 2 or self.positive_class not in self.class_names):
+            raise ValueError("a binary task has two classes, one of them the positive_class")
+        if self.kind == "multiclass" and len(self.class_names) < 3:
+            raise ValueError("a multiclass task has at least three classes")
+        return self
+
+
+class LoraSpec(_Frozen):
+    """Low-rank adapters on the named layers of every transformer block (seed 002 §5.1: r 8, α 32, dropout 0.1)."""
+
+    rank: int = Field(default=8, gt=0)
+    alpha: float = Field(default=32.0, gt=0.0)
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+    targets: tuple[Literal["q", "k", "v", "out", "mlp_fc", "mlp_proj"], ...] = ("q", "k", "v", "out")
+    towers: tuple[Literal["image", "text"], ...] = ("image", "text")
 
 
 class BackboneSpec(_Frozen):
@@ -38,6 +63,10 @@ class BackboneSpec(_Frozen):
     image_size: int | None = Field(default=None, description="overrides the config's image size")
     weights: str | None = Field(default=None, description="local open_clip checkpoint (.safetensors/.bin/.pt) or dir")
     unfreeze_last_blocks: int = Field(default=0, ge=-1, description="0 = frozen tower, -1 = all blocks trainable")
+    with_text: bool = Field(default=False, description="build the whole CLIP model (image and text towers)")
+    text_cfg: dict[str, Any] | None = Field(default=None, description="inline open_clip CLIPTextCfg fields")
+    grad_checkpointing: bool = Field(default=False, description="recompute block activations in backward")
+    lora: LoraSpec | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> BackboneSpec:
@@ -45,6 +74,12 @@ class BackboneSpec(_Frozen):
             raise ValueError("backbone needs exactly one of open_clip or vision_cfg")
         if self.vision_cfg is not None and self.embed_dim is None:
             raise ValueError("backbone.embed_dim is required with vision_cfg")
+        if self.with_text and self.vision_cfg is not None and self.text_cfg is None:
+            raise ValueError("an inline tower with_text needs text_cfg")
+        if self.text_cfg is not None and not (self.with_text and self.vision_cfg is not None):
+            raise ValueError("text_cfg belongs to an inline tower with_text")
+        if self.lora is not None and not self.with_text:
+            raise ValueError("lora is applied to CLIP towers built with_text")
         return self
 
 
@@ -53,18 +88,112 @@ class HeadSpec(_Frozen):
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
     feature_noise_std: float = Field(default=0.02, ge=0.0, description="Gaussian noise on the embedding in training")
     feature_dropout: float = Field(default=0.1, ge=0.0, lt=1.0, description="dropout on the embedding in training")
+    batch_norm: bool = Field(default=False, description="BatchNorm after each hidden Linear (seed 001)")
+    init: Literal["default", "kaiming"] = "default"
+
+
+class MaskDecoderSpec(_Frozen):
+    """SegFormer-style decoder over several transformer depths (seed 000 §2.2)."""
+
+    depths: tuple[int, ...] = Field(min_length=1, description="0-based block indices whose tokens feed the decoder")
+    width: int = Field(default=256, gt=0, description="common channel width after the 1x1 projections")
+    smoothing_kernel: int = Field(default=3, ge=1, description="depth-wise conv kernel that smooths each map")
+    dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
+
+
+class CnnSpec(_Frozen):
+    """A torchvision ResNet branch (seed 001: ResNet101 = bottleneck [3, 4, 23, 3]), its pooled features
+    projected to ``out_dim``."""
+
+    block: Literal["basic", "bottleneck"] = "bottleneck"
+    layers: tuple[int, int, int, int] = (3, 4, 23, 3)
+    out_dim: int = Field(default=512, gt=0)
+    weights: str | None = Field(default=None, description="local torchvision state_dict (.pth) for the trunk")
+    trainable: bool = True
+
+
+class PromptSpec(_Frozen):
+    """A static text prompt encoded once per image by the frozen CLIP text tower (seed 001 §III-A)."""
+
+    text: str = Field(min_length=1)
+
+
+class ClamSpec(_Frozen):
+    """Cross-Layer Attention Module (seed 002 §4.1): attention over per-layer CLS tokens, then an adapter."""
+
+    heads: int = Field(default=8, gt=0)
+    adapter_hidden: int = Field(default=768, gt=0)
+
+
+class TextLabelsSpec(_Frozen):
+    """Text labels per class; the first of each is the simple label used at inference (seed 002 App. E)."""
+
+    file: str = Field(description="JSON {class name: [labels]} beside engines/models, or an absolute path")
+    init_logit_scale: float = Field(default=1 / 0.07, gt=0.0, description="τ at start, as CLIP")
+
+
+class FewShotSpec(_Frozen):
+    """Prototype few-shot adaptation (seed 000 §2.3)."""
+
+    shots: int = Field(default=50, gt=0, description="support images per class")
+    tau: float = Field(default=1.0, gt=0.0)
+    hflip_tta: bool = True
+    min_precision: float = Field(default=0.95, gt=0.0, le=1.0, description="threshold chosen on validation for this")
+
+
+class MaskLossSpec(_Frozen):
+    """Seed 000 Eq. 1: CE(class) + 0.2·BCE(mask) + 0.3·Dice(mask); IoU and focal terms optional, off by default."""
+
+    ce: float = 1.0
+    bce: float = 0.2
+    dice: float = 0.3
+    iou: float = 0.0
+    focal: float = 0.0
+    focal_gamma: float = 2.0
+    bce_to_dice_schedule: bool = Field(default=False, description="shift weight from BCE to Dice/IoU over training")
+
+
+class Sd2LossSpec(_Frozen):
+    """Seed 002 Eq. 6: α·L_C + L_S + L_D with α = 2."""
+
+    alpha: float = 2.0
+    separation: float = 1.0
+    description: float = 1.0
+
+
+class AugmentSpec(_Frozen):
+    """Training-time augmentations (seed 000 §2.2); probabilities per image. All off by default."""
+
+    hflip: float = Field(default=0.0, ge=0.0, le=1.0)
+    affine: float = Field(default=0.0, ge=0.0, le=1.0, description="mild rotation/scale/shift")
+    perspective: float = Field(default=0.0, ge=0.0, le=1.0)
+    jpeg: float = Field(default=0.0, ge=0.0, le=1.0)
+    noise: float = Field(default=0.0, ge=0.0, le=1.0)
+    color_jitter: float = Field(default=0.0, ge=0.0, le=1.0)
+    blur: float = Field(default=0.0, ge=0.0, le=1.0)
+    sharpen: float = Field(default=0.0, ge=0.0, le=1.0)
+    clahe: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class TrainSpec(_Frozen):
-    loss: Literal["bce"] = "bce"
+    loss: Literal["bce", "multitask", "sd2", "prototype"] = "bce"
     pos_weight: float = 1.0
-    optimizer: Literal["adamw"] = "adamw"
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0)
+    optimizer: Literal["adamw", "adam"] = "adamw"
     lr: float = 2e-4
     weight_decay: float = 0.01
     batch_size: int = 64
     epochs: int = 20
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    grad_accumulation: int = Field(default=1, ge=1)
+    grad_clip: float = Field(default=0.0, ge=0.0, description="max gradient norm; 0 = off")
+    ema_decay: float = Field(default=0.0, ge=0.0, lt=1.0, description="0 = no EMA")
     amp: Literal["none", "fp16", "bf16"] = "fp16"
-    select_by: Literal["f1", "auc", "loss"] = "f1"
+    select_by: Literal["f1", "auc", "loss", "accuracy", "mask_iou"] = "f1"
+    mask_loss: MaskLossSpec = MaskLossSpec()
+    sd2_loss: Sd2LossSpec = Sd2LossSpec()
+    augment: AugmentSpec = AugmentSpec()
 
 
 class Recipe(_Frozen):
@@ -76,6 +205,12 @@ class Recipe(_Frozen):
     head: HeadSpec = HeadSpec()
     input: InputContract
     train: TrainSpec = TrainSpec()
+    decoder: MaskDecoderSpec | None = None
+    cnn: CnnSpec | None = None
+    prompt: PromptSpec | None = None
+    clam: ClamSpec | None = None
+    text_labels: TextLabelsSpec | None = None
+    fewshot: FewShotSpec | None = None
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

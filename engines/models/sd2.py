@@ -1,0 +1,114 @@
+"""Seed 002 (SD²): CLIP image and text towers fine-tuned with LoRA, the Cross-Layer Attention Module (CLAM) over
+the CLS token of every image layer, and classification by image–text similarity to class text labels.
+
+At inference each class is represented by its first ("simple") label, e.g. "a photo of a face swapping."; the
+class logits are τ·cos(f, u_c) and P(fake) = 1 − P(REAL) (§5.1). Training samples one label per class per batch
+from the Appendix E label sets (``engines/models/data/sd2_text_labels.json``); the losses live in the trainer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engines.models.backbones import build_clip, clip_tokenizer, enable_grad_checkpointing
+from engines.models.lora import add_lora
+from engines.models.outputs import DetectorOutput, fake_logit_from_class_logits
+from engines.models.sections import check_sections
+from engines.recipes import ClamSpec, Recipe
+
+DATA_DIR = Path(__file__).parent / "data"
+
+
+class Clam(nn.Module):
+    """Multi-head self-attention across the per-layer CLS tokens, mean-pooled, concatenated with the final
+    embedding and refined by an adapter Linear–GELU–Linear (§4.1, Eq. 1–2)."""
+
+    def __init__(self, width: int, embed_dim: int, spec: ClamSpec) -> None:
+        super().__init__()
+        self.attention = nn.MultiheadAttention(width, spec.heads, batch_first=True)
+        self.adapter = nn.Sequential(
+            nn.Linear(width + embed_dim, spec.adapter_hidden), nn.GELU(), nn.Linear(spec.adapter_hidden, embed_dim)
+        )
+
+    def forward(self, cls_tokens: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+        attended, _ = self.attention(cls_tokens, cls_tokens, cls_tokens, need_weights=False)
+        return self.adapter(torch.cat([attended.mean(dim=1), final], dim=-1))
+
+
+def load_text_labels(file: str, class_names: tuple[str, ...]) -> dict[str, list[str]]:
+    """The label sets by class, in the task's class order; refuses a file whose classes differ from the task's."""
+    path = Path(file) if Path(file).is_absolute() else DATA_DIR / file
+    labels = json.loads(path.read_text())["labels"]
+    if set(labels) != set(class_names) or any(not labels[c] for c in class_names):
+        raise ValueError(f"{path.name} labels classes {sorted(labels)}, the task has {sorted(class_names)}")
+    return {c: list(labels[c]) for c in class_names}
+
+
+class Sd2Detector(nn.Module):
+    """``outputs`` gives class logits τ·cos(f, u_c) against the simple labels and f for the contrastive loss."""
+
+    def __init__(self, clip: nn.Module, embed_dim: int, recipe: Recipe) -> None:
+        super().__init__()
+        assert recipe.clam is not None and recipe.text_labels is not None  # checked by the builder
+        self.clip = clip
+        self.tokenize = clip_tokenizer(clip)
+        self.clam = Clam(int(clip.visual.transformer.width), embed_dim, recipe.clam)
+        scale = recipe.text_labels.init_logit_scale
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(scale)))
+        self.logit_bias = nn.Parameter(torch.tensor(-scale))  # SigLIP bias starts at −τ (§4.3)
+        self.real_index = recipe.task.class_names.index(recipe.task.real_class)
+        self.labels = load_text_labels(recipe.text_labels.file, recipe.task.class_names)
+        simple = self.tokenize([self.labels[c][0] for c in recipe.task.class_names])
+        self.register_buffer("simple_label_tokens", simple, persistent=False)
+        self.label_tokens = [self.tokenize(self.labels[c]) for c in recipe.task.class_names]
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_text(tokens.to(self.simple_label_tokens.device))
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        found = self.clip.visual.forward_intermediates(pixels, output_fmt="NLC", output_extra_tokens=True)
+        cls_tokens = torch.cat(found["image_intermediates_prefix"], dim=1)  # (N, layers, width)
+        return self.clam(cls_tokens, found["image_features"])
+
+    def sample_label_tokens(self, generator: torch.Generator) -> torch.Tensor:
+        """One label per class, drawn at random (once per batch, §4.2)."""
+        picks = [tokens[torch.randint(len(tokens), (1,), generator=generator)] for tokens in self.label_tokens]
+        return torch.cat(picks)
+
+    def class_logits(self, image_features: torch.Tensor, label_features: torch.Tensor) -> torch.Tensor:
+        cosine = F.normalize(image_features, dim=-1) @ F.normalize(label_features, dim=-1).T
+        return self.logit_scale.exp() * cosine
+
+    def outputs(self, pixels: torch.Tensor) -> DetectorOutput:
+        features = self.image_features(pixels)
+        logits = self.class_logits(features, self.encode_text(self.simple_label_tokens))
+        return DetectorOutput(
+            fake_logit=fake_logit_from_class_logits(logits, self.real_index),
+            class_logits=logits,
+            image_features=features,
+        )
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.outputs(pixels).fake_logit
+
+
+def build_sd2(recipe: Recipe) -> Sd2Detector:
+    check_sections(recipe, "sd2", required=("clam", "text_labels"), with_text=True)
+    backbone = recipe.backbone
+    if backbone.unfreeze_last_blocks != 0:
+        raise ValueError(f"recipe {recipe.name!r}: SD² adapts CLIP through LoRA only (unfreeze_last_blocks 0)")
+    clip, embed_dim = build_clip(backbone)  # pretrained weights load before the adapters are added
+    clip.requires_grad_(False)
+    if backbone.lora is not None:
+        blocks = {"image": clip.visual.transformer.resblocks, "text": clip.transformer.resblocks}
+        for tower in backbone.lora.towers:
+            add_lora(list(blocks[tower]), backbone.lora)
+    if backbone.grad_checkpointing:
+        enable_grad_checkpointing(clip)
+    return Sd2Detector(clip, embed_dim, recipe)

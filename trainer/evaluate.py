@@ -1,0 +1,153 @@
+"""Evaluation: run a detector over a dataset split and report the papers' metrics — image level, per class,
+tamper masks, and video level by aggregating frames with the daemon's own ``engines.aggregate``."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from engines.aggregate import AggregationRule, ScoredItem, aggregate
+from engines.recipes import Recipe
+from trainer.data import ManifestDataset
+from trainer.metrics import CostModel, MaskCounts, detection_report, multiclass_report
+from trainer.objectives import OBJECTIVES
+
+
+@dataclass
+class DatasetPredictions:
+    """Per image P(fake), class probabilities, true class and fake flag; pooled mask counts when masks apply."""
+
+    p_fake: np.ndarray
+    class_probs: np.ndarray
+    targets: np.ndarray
+    fake: np.ndarray
+    masks: MaskCounts | None = None
+    examples: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+def autocast(amp: str, device: torch.device) -> torch.autocast:
+    """fp16 on CUDA, bf16 where asked (or where fp16 is asked on a CPU, which has no fp16 autocast)."""
+    if amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.float16 if amp == "fp16" and device.type == "cuda" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def predict_dataset(
+    detector: nn.Module,
+    recipe: Recipe,
+    dataset: ManifestDataset,
+    *,
+    device: torch.device | None = None,
+    batch_size: int | None = None,
+    workers: int = 0,
+    amp: str | None = None,
+    keep_examples: int = 0,
+) -> DatasetPredictions:
+    """Predictions for every item of ``dataset``, in order; masks are counted at threshold 0.5 as they stream."""
+    device = device or next(detector.parameters()).device
+    predict = OBJECTIVES.get(recipe.train.loss).predict
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or recipe.train.batch_size, num_workers=workers)
+    detector.eval()
+    p_fake, probs, masks = [], [], MaskCounts() if recipe.task.masks else None
+    examples: list[dict[str, np.ndarray]] = []
+    for batch in loader:
+        with autocast(amp or recipe.train.amp, device):
+            found = predict(detector, batch["pixels"].to(device), recipe)
+        p_fake.append(found.p_fake.float().cpu())
+        probs.append(found.class_probs.float().cpu())
+        if masks is not None and found.mask_probs is not None:
+            supervised = batch["has_mask"].bool()
+            predicted = (found.mask_probs.float().cpu() >= 0.5).numpy()
+            masks.add(batch["mask"][supervised].numpy() >= 0.5, predicted[supervised.numpy()])
+            for i in np.nonzero(batch["mask"].flatten(1).amax(1).numpy() > 0)[0][: keep_examples - len(examples)]:
+                examples.append(
+                    {"mask": batch["mask"][i].numpy(), "predicted": found.mask_probs[i].float().cpu().numpy()}
+                )
+    return DatasetPredictions(
+        p_fake=torch.cat(p_fake).numpy(),
+        class_probs=torch.cat(probs).numpy(),
+        targets=np.asarray(dataset.targets),
+        fake=np.asarray([r.label == "fake" for r in dataset.rows], dtype=int),
+        masks=masks,
+        examples=examples,
+    )
+
+
+def video_scores(
+    dataset: ManifestDataset, p_fake: np.ndarray, rule: AggregationRule, min_track_fraction: float
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(video ids, truth, P(fake)) per video: frames and face tracks reduced exactly as the daemon reduces them."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(dataset.rows):
+        if row.video_id:
+            groups[row.video_id].append(i)
+    ids, truth, scores = [], [], []
+    for video, members in sorted(groups.items()):
+        frames = [dataset.rows[i].frame_index for i in members]
+        distinct = len(set(frames)) > 1 or len(members) == 1
+        items = [
+            ScoredItem(
+                frame_index=frames[k] if distinct else k, p_fake=float(p_fake[i]), track_id=dataset.rows[i].track_id
+            )
+            for k, i in enumerate(members)
+        ]
+        ids.append(video)
+        truth.append(int(any(dataset.rows[i].label == "fake" for i in members)))
+        scores.append(aggregate(items, rule, min_track_fraction).p_fake)
+    return ids, np.asarray(truth), np.asarray(scores)
+
+
+def evaluation_report(
+    recipe: Recipe,
+    dataset: ManifestDataset,
+    predictions: DatasetPredictions,
+    *,
+    threshold: float = 0.5,
+    aggregation: str = "mean",
+    min_track_fraction: float = 0.1,
+    cost: CostModel | None = None,
+) -> dict[str, object]:
+    """The JSON report: ``image`` (binary fake-vs-real), ``classes`` (multi-class), ``masks``, ``video``."""
+    cost = cost or CostModel()
+    report: dict[str, object] = {
+        "recipe": recipe.name,
+        "recipe_sha256": recipe.sha256,
+        "cost_model": vars(cost),
+        "image": detection_report(predictions.fake, predictions.p_fake, threshold, cost),
+    }
+    if recipe.task.kind == "multiclass":
+        report["classes"] = multiclass_report(predictions.targets, predictions.class_probs, recipe.task.class_names)
+    if predictions.masks is not None:
+        report["masks"] = predictions.masks.report()
+    ids, truth, scores = video_scores(
+        dataset, predictions.p_fake, AggregationRule.parse(aggregation), min_track_fraction
+    )
+    if ids:
+        report["video"] = {
+            "aggregation": aggregation,
+            "min_track_fraction": min_track_fraction,
+            **detection_report(truth, scores, threshold, cost),
+        }
+    return report
+
+
+def selection_score(report: dict[str, object], select_by: str, predictions: DatasetPredictions) -> float:
+    """The recipe's model-selection figure (higher is better): F1/AUC/accuracy/mask IoU, or −log loss."""
+    image = report["image"]
+    if select_by == "loss":
+        from sklearn.metrics import log_loss
+
+        return -float(log_loss(predictions.fake, np.clip(predictions.p_fake, 1e-7, 1 - 1e-7), labels=[0, 1]))
+    if select_by == "mask_iou":
+        return float(report["masks"]["pixel_iou"])  # type: ignore[index]
+    classes = report.get("classes", image)
+    key = {"f1": "f1_macro", "accuracy": "accuracy"}.get(select_by)
+    if key is not None:
+        return float(classes[key])  # type: ignore[index]
+    return float(image["roc_auc"])  # type: ignore[index]
