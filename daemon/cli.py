@@ -1,8 +1,11 @@
-"""The ``daemon`` command: ``scan`` local media into verdicts, ``db upgrade`` the schema."""
+"""The ``daemon`` command: ``run`` the Kafka service, ``submit`` jobs to it, ``scan`` local media into
+verdicts, ``db upgrade`` the schema."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +26,9 @@ def _settings(args: argparse.Namespace) -> Settings:
         "engine_version": getattr(args, "engine_version", None),
         "frames_per_video": getattr(args, "frames", None),
         "aggregation": getattr(args, "aggregation", None),
+        "health_port": getattr(args, "health_port", None),
+        "kafka_bootstrap_servers": getattr(args, "bootstrap_servers", None),
+        "kafka_topic": getattr(args, "topic", None),
     }
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -74,6 +80,42 @@ def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _quiet_libraries(level: str) -> None:
+    """kafka-python and Alembic log every connection and schema check at INFO; keep their warnings, except
+    kafka-python's "task ran for 0.2 s" notes, which a busy CPU (decode, inference) triggers all the time."""
+    if level != "DEBUG":
+        for name in ("kafka", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from daemon.stream.service import run_stream
+
+    _quiet_libraries(settings.log_level)
+    return run_stream(settings)
+
+
+def cmd_submit(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from daemon.stream.submit import SubmitOptions, jobs_for, submit
+
+    _quiet_libraries(settings.log_level)
+    try:
+        metadata = json.loads(args.metadata) if args.metadata else None
+    except ValueError as e:
+        raise DeepsiftError(f"--metadata is not JSON: {e}") from e
+    if metadata is not None and not isinstance(metadata, dict):
+        raise DeepsiftError("--metadata must be a JSON object")
+    options = SubmitOptions(args.media_type, args.job_frames, args.masks, metadata, hash_files=not args.no_hash)
+    try:
+        jobs = list(jobs_for(args.items, options))
+    except ValueError as e:  # pydantic's ValidationError: an option out of range
+        raise DeepsiftError(f"not a valid job: {e}") from e
+    for job_id in submit(jobs, settings):
+        print(job_id, file=out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="daemon", description="deepsift daemon: media in, verdicts in SQL out")
     parser.add_argument("--database-url", help="SQLAlchemy URL (env DEEPSIFT_DATABASE_URL)")
@@ -87,6 +129,25 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--frames", type=int, help="frames sampled per video (env DEEPSIFT_FRAMES_PER_VIDEO)")
     scan.add_argument("--aggregation", help="mean | max | topk[:fraction] | quantile[:q] (env DEEPSIFT_AGGREGATION)")
     scan.set_defaults(handler=cmd_scan)
+
+    run = commands.add_parser("run", help="the service: judge upload jobs from Kafka until SIGTERM")
+    run.add_argument("--bootstrap-servers", help="Kafka host:port,… (env DEEPSIFT_KAFKA_BOOTSTRAP_SERVERS)")
+    run.add_argument("--topic", help="jobs topic (env DEEPSIFT_KAFKA_TOPIC)")
+    run.add_argument("--health-port", type=int, help="port of /healthz/* and /metrics (env DEEPSIFT_HEALTH_PORT)")
+    run.set_defaults(handler=cmd_run)
+
+    submit = commands.add_parser("submit", help="put jobs for local files or URLs on the jobs topic; prints job ids")
+    submit.add_argument("items", nargs="+", metavar="PATH|URL", help="files, folders (their media) or http(s) URLs")
+    submit.add_argument("--bootstrap-servers", help="Kafka host:port,… (env DEEPSIFT_KAFKA_BOOTSTRAP_SERVERS)")
+    submit.add_argument("--topic", help="jobs topic (env DEEPSIFT_KAFKA_TOPIC)")
+    submit.add_argument("--media-type", choices=("auto", "video", "image"), default="auto")
+    submit.add_argument(
+        "--frames", type=int, dest="job_frames", help="frames to sample per video (default: the daemon's setting)"
+    )
+    submit.add_argument("--masks", action="store_true", help="ask for manipulation masks where the engine makes them")
+    submit.add_argument("--metadata", help="JSON object echoed into each verdict's metadata")
+    submit.add_argument("--no-hash", action="store_true", help="do not send the sha256 of local files")
+    submit.set_defaults(handler=cmd_submit)
 
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True)

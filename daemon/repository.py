@@ -110,6 +110,11 @@ class VerdictRepository:
             row = session.scalar(query)
             return None if row is None else _to_record(row)
 
+    def ping(self) -> None:
+        """Raise ``RetryableError`` when the database cannot be reached (readiness checks)."""
+        with translate_outages(), self._sessions() as session:
+            session.execute(select(1))
+
     def count(self) -> int:
         """Number of verdict rows, every engine and re-scoring included."""
         with translate_outages(), self._sessions() as session:

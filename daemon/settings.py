@@ -7,12 +7,20 @@ the engine store under ``./var``. Preprocessing is *not* configured here — it 
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from engines.aggregate import AggregationRule
 
@@ -39,11 +47,74 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto = JSON unless a terminal")
 
+    # --- the stream daemon (`daemon run`) and its producer (`daemon submit`) ---
+    kafka_bootstrap_servers: str = Field(default="localhost:9092", description="host:port[,host:port…]")
+    kafka_topic: str = Field(default="deepsift.jobs", description="topic the upload jobs arrive on")
+    kafka_group_id: str = Field(default="deepsift", description="consumer group shared by all replicas")
+    kafka_dead_letter_topic: str = Field(
+        default="deepsift.jobs.dead-letter", description="invalid jobs and media errors, with the original message"
+    )
+    kafka_verdict_topic: str | None = Field(default=None, description="result events after each SQL commit; None = off")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
+    kafka_session_timeout_ms: int = Field(default=45_000, ge=1000, description="group membership lease")
+    kafka_heartbeat_interval_ms: int = Field(default=3_000, ge=100, description="below a third of the session timeout")
+    media_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list, description="folders file:// media may come from (symlinks resolved); empty = none"
+    )
+    http_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="host names http(s):// media may come from; empty = none"
+    )
+    http_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="private/loopback networks (CIDR) http(s) media may still come from; empty = public only",
+    )
+    http_max_bytes: int = Field(default=512 << 20, gt=0, description="download cap, enforced while streaming")
+    http_timeout_s: float = Field(default=30.0, gt=0, description="per download, connect to last byte")
+    batch_max_frames: int = Field(default=64, ge=1, description="engine micro-batch: frames across jobs")
+    batch_max_wait_ms: int = Field(default=20, ge=0, description="how long a part-full micro-batch waits for more")
+    max_in_flight: int = Field(default=32, ge=1, description="jobs taken from Kafka but not committed; then pause")
+    prepare_workers: int = Field(default=2, ge=1, le=64, description="threads fetching and decoding media")
+    drain_deadline_s: float = Field(default=30.0, gt=0, description="SIGTERM: finish in-flight work within this")
+    health_host: str = Field(default="0.0.0.0", description="address of /healthz/live, /healthz/ready and /metrics")
+    health_port: int = Field(default=8080, ge=0, le=65535, description="0 = any free port (tests)")
+
     @field_validator("aggregation")
     @classmethod
     def _known_rule(cls, value: str) -> str:
         AggregationRule.parse(value)
         return value
+
+    @field_validator("media_roots", "http_allowed_hosts", "http_allowed_networks", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        """Environment variables may hold a JSON list or comma-separated items."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("http_allowed_networks")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for network in value:
+            ipaddress.ip_network(network, strict=False)
+        return value
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> Settings:
+        if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
+            raise ValueError("kafka_heartbeat_interval_ms must be at most a third of kafka_session_timeout_ms")
+        if self.kafka_sasl_mechanism and not self.kafka_security_protocol.startswith("SASL"):
+            raise ValueError("kafka_sasl_mechanism needs kafka_security_protocol SASL_PLAINTEXT or SASL_SSL")
+        return self
 
     @property
     def aggregation_rule(self) -> AggregationRule:

@@ -1,0 +1,103 @@
+"""Stage 2, one thread that owns the engine: micro-batch frames across jobs, infer, aggregate, verdict.
+
+A batch closes when it holds ``max_frames`` frames or ``max_wait_s`` after its first job arrived,
+whichever is first; a job is never split, and one bigger than a batch goes alone (the engine chunks it
+to its own batch range). Jobs that need no inference (errors, judged before) ride along with the
+next batch so they keep their place behind nothing slower than ``max_wait_s``.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import structlog
+
+from daemon.pipeline import infer, verdict
+from daemon.records import VerdictRecord
+from daemon.stream.metrics import StreamMetrics
+from daemon.stream.work import Judged, Work, put, take
+from engines.backends import LoadedEngine
+
+log = structlog.get_logger(__name__)
+
+
+class MicroBatcher:
+    """Pulls ``Work`` from a queue into batches of at most ``max_frames`` frames."""
+
+    def __init__(self, inbox: queue.Queue, max_frames: int, max_wait_s: float, stop: threading.Event) -> None:
+        self._inbox = inbox
+        self._max_frames = max_frames
+        self._max_wait_s = max_wait_s
+        self._stop = stop
+        self._carry: Work | None = None
+
+    def next_batch(self) -> list[Work] | None:
+        """The next batch, or None when the stage must end."""
+        first = self._carry if self._carry is not None else take(self._inbox, self._stop)
+        self._carry = None
+        if not isinstance(first, Work):
+            return None
+        batch, frames = [first], first.frames
+        deadline = time.monotonic() + self._max_wait_s
+        while frames < self._max_frames:
+            item = take(self._inbox, self._stop, timeout=max(0.0, deadline - time.monotonic()))
+            if item is None:
+                break
+            if not isinstance(item, Work):
+                return batch  # stopping: this batch still finishes
+            if frames + item.frames > self._max_frames:
+                self._carry = item
+                break
+            batch.append(item)
+            frames += item.frames
+        return batch
+
+
+def judge_batch(engine: LoadedEngine, batch: Sequence[Work], metrics: StreamMetrics) -> list[Judged]:
+    """One engine call for the batch's pixels, then one verdict per job (None for jobs judged before)."""
+    prepared = [w.prepared for w in batch if w.prepared is not None]
+    frames = sum(w.frames for w in batch)
+    started = time.perf_counter()
+    scores = iter(infer(engine, prepared))
+    infer_ms = round((time.perf_counter() - started) * 1000.0, 2)
+    if frames:
+        metrics.stage_seconds.labels(stage="infer").observe(infer_ms / 1000.0)
+        metrics.batch_frames.observe(frames)
+        metrics.batch_jobs.observe(sum(1 for w in batch if w.frames))
+    judged = []
+    for work in batch:
+        if work.prepared is None:
+            judged.append(Judged(work, None))
+            continue
+        has_pixels = work.prepared.pixels is not None
+        record = _verdict(work, next(scores) if has_pixels else None, engine)
+        if has_pixels:
+            record = replace(record, timings_ms={**record.timings_ms, "infer": infer_ms, "batch_frames": frames})
+        judged.append(Judged(work, record))
+    return judged
+
+
+def _verdict(work: Work, scores: np.ndarray | Exception | None, engine: LoadedEngine) -> VerdictRecord:
+    """One job's verdict; a failure here (a bug) is that job's error verdict, never the batch's or the daemon's."""
+    assert work.prepared is not None
+    try:
+        return verdict(work.prepared, scores, engine.manifest, work.config)
+    except Exception as e:
+        log.exception("verdict_failed", job_id=work.job_id)
+        failed = replace(work.prepared, regions=(), pixels=None, outcome=("error", "internal_error", repr(e)))
+        return verdict(failed, None, engine.manifest, work.config)
+
+
+def batch_worker(
+    batcher: MicroBatcher, outbox: queue.Queue, engine: LoadedEngine, metrics: StreamMetrics, stop: threading.Event
+) -> None:
+    """Thread body: batches until the daemon stops."""
+    while (batch := batcher.next_batch()) is not None:
+        for judged in judge_batch(engine, batch, metrics):
+            if not put(outbox, judged, stop):
+                return

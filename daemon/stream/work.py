@@ -1,0 +1,91 @@
+"""What flows between the stream stages, as frozen records: message → work → judged → completion.
+
+``Envelope`` (consumer → prepare) is a consumed Kafka message; ``Work`` (prepare → batching) is a job
+ready for the engine, or one that already earned its verdict; ``Judged`` (batching → persist) carries
+the verdict to store; ``Completion`` (persist → main loop) says the verdict is in SQL, so the offset
+may be committed.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from daemon.pipeline import JudgeConfig, PreparedMedia
+from daemon.records import VerdictRecord
+from daemon.stream.offsets import Ticket
+
+STOP = object()  # put on a stage's queue to end it
+_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A consumed message, untouched: dead letters carry its bytes exactly."""
+
+    ticket: Ticket
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+    received: float  # time.monotonic() when consumed
+
+
+@dataclass(frozen=True)
+class Work:
+    """A job through prepare: pixels for the engine, an outcome already known, or ``stored_id`` (judged before)."""
+
+    envelope: Envelope
+    job_id: str
+    config: JudgeConfig
+    prepared: PreparedMedia | None = None
+    stored_id: int | None = None
+
+    @property
+    def frames(self) -> int:
+        pixels = self.prepared.pixels if self.prepared is not None else None
+        return 0 if pixels is None else len(pixels)
+
+
+@dataclass(frozen=True)
+class Judged:
+    """The verdict to store for a job; ``record`` is None when this engine judged the job before."""
+
+    work: Work
+    record: VerdictRecord | None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A job's verdict is committed in SQL (and its dead letter and event produced)."""
+
+    ticket: Ticket
+    job_id: str
+    outcome: str  # ok | abstained | error | skipped
+    code: str | None
+    timestamp_ms: int | None  # the Kafka record's timestamp, for end-to-end latency
+
+
+def put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Block until ``q`` has room (back-pressure), unless the daemon stops first; False then."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=_POLL_S)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def take(q: queue.Queue, stop: threading.Event, timeout: float | None = None) -> object | None:
+    """The next item, ``STOP`` when the daemon stops, None when ``timeout`` passes first."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not stop.is_set():
+        step = _POLL_S if deadline is None else min(_POLL_S, deadline - time.monotonic())
+        try:
+            return q.get(timeout=step) if step > 0 else q.get_nowait()
+        except queue.Empty:
+            if step <= 0:
+                return None
+    return STOP
