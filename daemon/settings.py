@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(default=32, ge=1, description="jobs taken from Kafka but not committed; then pause")
     prepare_workers: int = Field(default=2, ge=1, le=64, description="threads fetching and decoding media")
     drain_deadline_s: float = Field(default=30.0, gt=0, description="SIGTERM: finish in-flight work within this")
+    stall_timeout_s: float = Field(
+        default=300.0, gt=0, description="jobs in flight but none finished for this long = hung: stop watchdog pings"
+    )
     health_host: str = Field(default="0.0.0.0", description="address of /healthz/live, /healthz/ready and /metrics")
     health_port: int = Field(default=8080, ge=0, le=65535, description="0 = any free port (tests)")
 

@@ -118,6 +118,8 @@ class StreamDaemon:
         self._kafka_delays = Backoff().delays()
         self._next_observe = 0.0
         self._notified_ready = False
+        self._last_progress = time.monotonic()
+        self._stall_logged = False
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -154,8 +156,9 @@ class StreamDaemon:
         return consumer
 
     def _turn(self, consumer: KafkaConsumer) -> None:
-        self.services.health.turned()
-        notify.notify_watchdog()
+        if not self._stalled():  # a hung stage (a stuck decoder) stops the heartbeats: systemd/k8s restart us
+            self.services.health.turned()
+            notify.notify_watchdog()
         self._collect()
         self._commit(consumer)
         self._feed()
@@ -164,6 +167,18 @@ class StreamDaemon:
             self._take(record)
         self._feed()
         self._observe(consumer)
+
+    def _stalled(self) -> bool:
+        """Jobs are in flight but none has finished for ``stall_timeout_s``."""
+        now = time.monotonic()
+        if self.ledger.in_flight() == 0:
+            self._last_progress, self._stall_logged = now, False
+            return False
+        stalled = now - self._last_progress > self.settings.stall_timeout_s
+        if stalled and not self._stall_logged:
+            log.error("pipeline_stalled", in_flight=self.ledger.in_flight(), seconds=round(now - self._last_progress))
+            self._stall_logged = True
+        return stalled
 
     def _poll(self, consumer: KafkaConsumer) -> list[ConsumerRecord]:
         room = max(1, self.settings.max_in_flight - self.ledger.in_flight())
@@ -218,6 +233,7 @@ class StreamDaemon:
             except queue.Empty:
                 return
             if self.ledger.finish(done.ticket):
+                self._last_progress, self._stall_logged = time.monotonic(), False
                 metrics.finished(done.outcome, done.code)
                 if done.timestamp_ms is not None and done.timestamp_ms > 0:
                     metrics.job_seconds.observe(max(0.0, time.time() - done.timestamp_ms / 1000.0))

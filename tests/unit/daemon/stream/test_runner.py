@@ -132,3 +132,34 @@ def test_a_drain_releases_queued_jobs_and_waits_only_for_started_ones(daemon):
     assert daemon._started(released) == 0
     daemon._commit(consumer, force=True)
     assert consumer.commits[-1] == {("jobs", 0): 1}  # the released ones stay uncommitted: delivered again
+
+
+def test_a_stalled_pipeline_stops_the_watchdog_and_liveness_until_a_job_finishes(monkeypatch):
+    # Given a daemon whose stall timeout is short, with jobs taken but no stage finishing them (a hung decoder)
+    import time
+
+    from daemon import notify
+
+    pings: list[float] = []
+    monkeypatch.setattr(notify, "notify_watchdog", lambda: pings.append(time.monotonic()))
+    settings = Settings(max_in_flight=4, prefetch=1, stall_timeout_s=0.2)
+    health = Health(liveness_timeout_s=0.1)
+    daemon = StreamDaemon(Services(settings, None, None, None, health, StreamMetrics(), Lifecycle()))  # type: ignore[arg-type]
+    daemon._assigned({("jobs", 0)})
+    consumer = FakeConsumer(3)
+    daemon._turn(consumer)
+    assert pings and daemon.ledger.in_flight() == 3
+    # When no job finishes for longer than the stall timeout
+    time.sleep(0.3)
+    before = len(pings)
+    daemon._turn(consumer)
+    time.sleep(0.15)
+    daemon._turn(consumer)
+    # Then the heartbeats stop and liveness fails
+    assert len(pings) == before
+    assert not health.live()[0]
+    # And when a job finishes again, the heartbeats and liveness come back
+    _finish(daemon, 0)
+    daemon._turn(consumer)
+    daemon._turn(consumer)
+    assert len(pings) > before and health.live()[0]
