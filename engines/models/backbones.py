@@ -48,16 +48,20 @@ def _resolve_checkpoint(path: Path) -> Path:
     return path
 
 
-def load_tower_weights(tower: nn.Module, path: Path) -> None:
-    """Load a full open_clip checkpoint (``visual.*`` keys) or a tower-only state dict into ``tower``."""
-    checkpoint = _resolve_checkpoint(path)
+def _read_state_dict(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a .safetensors file or a torch checkpoint (optionally under ``state_dict``)."""
     if checkpoint.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(checkpoint))
-    else:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
+        return load_file(str(checkpoint))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state)
+
+
+def load_tower_weights(tower: nn.Module, path: Path) -> None:
+    """Load a full open_clip checkpoint (``visual.*`` keys) or a tower-only state dict into ``tower``."""
+    checkpoint = _resolve_checkpoint(path)
+    state = _read_state_dict(checkpoint)
     visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
     try:
         missing, unexpected = tower.load_state_dict(visual or state, strict=False)
@@ -138,13 +142,7 @@ def build_clip(spec: BackboneSpec) -> tuple[nn.Module, int]:
 def load_clip_weights(model: nn.Module, path: Path) -> None:
     """Load a full open_clip CLIP checkpoint; refuse one that does not fit (missing or unexpected keys)."""
     checkpoint = _resolve_checkpoint(path)
-    if checkpoint.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(checkpoint))
-    else:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
+    state = _read_state_dict(checkpoint)
     state = {k.removeprefix("module."): v for k, v in state.items()}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
