@@ -1,7 +1,11 @@
 """The engine manifest: the JSON beside an engine artifact that says everything about it.
 
 The daemon takes every preprocessing fact from here (``input``), and every verdict names the engine
-it came from by ``name``, ``version`` and ``artifact_sha256``. Schema changes bump ``schema_version``.
+it came from by ``name``, ``version`` and ``artifact_sha256``. Schema changes bump ``schema_version``:
+
+- 1: one output, ``output_name`` (the fake logit); temperature calibration only.
+- 2: ``outputs`` names the fake-logit, class-logit and mask-logit tensors; isotonic calibration.
+  Version-1 manifests still load (their ``output_name`` becomes ``outputs.fake_logit``).
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ import hashlib
 import math
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engines.preprocess import InputContract
@@ -45,18 +50,60 @@ class BatchRange(_Frozen):
 
 
 class Calibration(_Frozen):
-    """Maps the engine's logit to a calibrated P(fake): ``sigmoid(logit / temperature)``."""
+    """Maps the engine's fake logit to a calibrated P(fake).
 
-    method: Literal["none", "temperature"] = "none"
+    ``none``/``temperature``: ``sigmoid(logit / temperature)``. ``isotonic``: a monotone step function
+    fitted on validation logits, stored as knots (``logits`` ascending → ``probabilities``) and
+    interpolated linearly between them, flat beyond the ends.
+    """
+
+    method: Literal["none", "temperature", "isotonic"] = "none"
     temperature: float = Field(default=1.0, gt=0.0)
+    logits: tuple[float, ...] = ()
+    probabilities: tuple[float, ...] = ()
+
+    @model_validator(mode="after")
+    def _knots(self) -> Calibration:
+        if self.method == "isotonic":
+            if len(self.logits) < 2 or len(self.logits) != len(self.probabilities):
+                raise ValueError("isotonic calibration needs at least two (logit, probability) knots of equal count")
+            if np.any(np.diff(self.logits) < 0) or np.any(np.diff(self.probabilities) < 0):
+                raise ValueError("isotonic knots must be non-decreasing in both logit and probability")
+            if not all(0.0 <= p <= 1.0 for p in self.probabilities):
+                raise ValueError("isotonic probabilities must lie in [0, 1]")
+        elif self.logits or self.probabilities:
+            raise ValueError(f"{self.method} calibration takes no knots")
+        return self
 
     def p_fake(self, logit: float) -> float:
+        if self.method == "isotonic":
+            return float(np.interp(logit, self.logits, self.probabilities))
         z = logit / self.temperature
         return 1.0 / (1.0 + math.exp(-z)) if z >= 0 else math.exp(z) / (1.0 + math.exp(z))
 
+    def p_fake_array(self, logits: np.ndarray) -> np.ndarray:
+        """``p_fake`` over an array, in float64."""
+        z = np.asarray(logits, dtype=np.float64)
+        if self.method == "isotonic":
+            return np.interp(z, self.logits, self.probabilities)
+        z = z / self.temperature
+        return np.exp(-np.logaddexp(0.0, -z))  # sigmoid without overflow
+
+
+class OutputSpec(_Frozen):
+    """Names of the engine's output tensors. ``fake_logit`` (N) always; ``class_logits`` (N×C over
+    ``task.class_names``) and ``mask_logits`` (N×1×H×W at the input size) where the detector makes them."""
+
+    fake_logit: str = "logit"
+    class_logits: str | None = None
+    mask_logits: str | None = None
+
+    def names(self) -> list[str]:
+        return [n for n in (self.fake_logit, self.class_logits, self.mask_logits) if n is not None]
+
 
 class EngineManifest(_Frozen):
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 2
     name: str
     version: int = Field(default=0, ge=0, description="assigned by the engine store; 0 before it is stored")
     recipe: str
@@ -67,7 +114,7 @@ class EngineManifest(_Frozen):
     backend: BackendSpec
     batch: BatchRange = BatchRange()
     input_name: str = "pixels"
-    output_name: str = "logit"
+    outputs: OutputSpec = OutputSpec()
     artifact: str = Field(description="artifact file name inside the engine directory")
     artifact_sha256: str
     weights_sha256: str
@@ -75,6 +122,22 @@ class EngineManifest(_Frozen):
     threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="operating threshold on calibrated P(fake)")
     evaluation: dict[str, float | int | str] = Field(default_factory=dict)
     built_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade_v1(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("schema_version") == 1 and "output_name" in data:
+            data = dict(data)
+            data["outputs"] = {"fake_logit": data.pop("output_name")}
+        return data
+
+    @model_validator(mode="after")
+    def _outputs_fit_task(self) -> EngineManifest:
+        if self.outputs.class_logits is not None and self.task.kind != "multiclass":
+            raise ValueError("class_logits output needs a multiclass task")
+        if self.outputs.mask_logits is not None and not self.task.masks:
+            raise ValueError("mask_logits output needs a task with masks")
+        return self
 
     def write(self, directory: Path) -> Path:
         path = Path(directory) / MANIFEST_FILE

@@ -9,7 +9,7 @@ import onnxruntime
 from torch import nn
 
 from engines.errors import EngineError
-from engines.manifest import BackendSpec, BatchRange, Calibration, EngineManifest, sha256_file
+from engines.manifest import BackendSpec, BatchRange, Calibration, EngineManifest, OutputSpec, sha256_file
 from engines.recipes import Recipe
 from engines.store import EngineStore
 from trainer.export import (
@@ -57,7 +57,7 @@ def build_onnx_engine(
             ),
             batch=batch,
             input_name=INPUT_NAME,
-            output_name=OUTPUT_NAME,
+            outputs=OutputSpec(fake_logit=OUTPUT_NAME),
             artifact=ARTIFACT,
             artifact_sha256=sha256_file(artifact),
             weights_sha256=weights_sha256(model),

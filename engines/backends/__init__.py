@@ -1,15 +1,16 @@
 """Inference backends behind one interface, chosen by the engine manifest's ``backend.name``.
 
-A backend turns a float32 NCHW batch into the engine's logits. Heavy runtimes (onnxruntime, later
-TensorRT) are imported inside the loader, never at import time.
+A backend turns a float32 NCHW batch (a numpy array, or a torch tensor already on the backend's device)
+into the engine's named outputs. Heavy runtimes (onnxruntime, torch CUDA, TensorRT) are imported inside
+the loader, never at import time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,37 +20,83 @@ from engines.registry import Registry
 
 
 class InferenceBackend(Protocol):
-    def run(self, pixels: np.ndarray) -> np.ndarray:
-        """float32 N×3×H×W (N within the manifest's batch range) → N logits."""
+    def run(self, pixels: Any, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        """float32 N×3×H×W (N within the manifest's batch range) → the named outputs as float32 numpy arrays."""
         ...
 
 
-BackendLoader = Callable[[EngineManifest, Path, int], InferenceBackend]
+@dataclass(frozen=True)
+class BackendOptions:
+    """How the daemon or a benchmark wants a backend run; the manifest says what the artifact is."""
+
+    threads: int = 0  # CPU threads; 0 = the runtime's default
+    device: str = "cpu"  # torch device for the torch backend; TensorRT always runs on the current CUDA device
+
+
+BackendLoader = Callable[[EngineManifest, Path, BackendOptions], InferenceBackend]
 BACKENDS: Registry[BackendLoader] = Registry("backend")
 
 
 @dataclass(frozen=True)
+class EngineOutputs:
+    """One batch's outputs: ``fake_logit`` (N); ``class_logits`` (N×C) and ``mask_logits`` (N×H×W) where the
+    engine makes them and they were asked for."""
+
+    fake_logit: np.ndarray
+    class_logits: np.ndarray | None = None
+    mask_logits: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.fake_logit)
+
+    def slice(self, start: int, stop: int) -> EngineOutputs:
+        return EngineOutputs(
+            *(None if a is None else a[start:stop] for a in (self.fake_logit, self.class_logits, self.mask_logits))
+        )
+
+
+@dataclass(frozen=True)
 class LoadedEngine:
-    """A manifest and a ready backend; ``logits`` splits any batch into the engine's batch range."""
+    """A manifest and a ready backend; ``run`` splits any batch into the engine's batch range."""
 
     manifest: EngineManifest
     backend: InferenceBackend
     path: Path
 
-    def logits(self, pixels: np.ndarray) -> np.ndarray:
+    def run(self, pixels: Any, masks: bool = False) -> EngineOutputs:
+        """All outputs for ``pixels`` (numpy or torch, N×3×S×S); mask logits only when ``masks`` is asked."""
         size = self.manifest.input.size
-        if pixels.ndim != 4 or pixels.shape[1:] != (3, size, size):
-            raise ValueError(f"engine {self.manifest.name} wants N×3×{size}×{size}, got {pixels.shape}")
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != (3, size, size):
+            raise ValueError(f"engine {self.manifest.name} wants N×3×{size}×{size}, got {tuple(pixels.shape)}")
+        spec = self.manifest.outputs
+        wanted = [spec.fake_logit] + [n for n in (spec.class_logits, spec.mask_logits if masks else None) if n]
         step = self.manifest.batch.max
-        chunks = [self.backend.run(pixels[i : i + step]) for i in range(0, len(pixels), step)]
-        return np.concatenate(chunks) if chunks else np.zeros((0,), dtype=np.float32)
+        chunks = [self.backend.run(pixels[i : i + step], wanted) for i in range(0, len(pixels), step)]
 
-    def p_fake(self, pixels: np.ndarray) -> np.ndarray:
-        calibration = self.manifest.calibration
-        return np.array([calibration.p_fake(float(z)) for z in self.logits(pixels)], dtype=np.float64)
+        def joined(name: str | None, shape: tuple[int, ...]) -> np.ndarray | None:
+            if name is None or name not in wanted:
+                return None
+            if not chunks:
+                return np.zeros((0, *shape), dtype=np.float32)
+            return np.concatenate([np.asarray(c[name], dtype=np.float32).reshape(-1, *shape) for c in chunks])
+
+        n_classes = len(self.manifest.task.class_names)
+        return EngineOutputs(
+            fake_logit=joined(spec.fake_logit, ()),  # type: ignore[arg-type]
+            class_logits=joined(spec.class_logits, (n_classes,)),
+            mask_logits=joined(spec.mask_logits, (size, size)),
+        )
+
+    def logits(self, pixels: Any) -> np.ndarray:
+        return self.run(pixels).fake_logit
+
+    def p_fake(self, pixels: Any) -> np.ndarray:
+        return self.manifest.calibration.p_fake_array(self.logits(pixels))
 
 
-def load_engine(path: Path, threads: int = 0, verify: bool = True) -> LoadedEngine:
+def load_engine(
+    path: Path, threads: int = 0, verify: bool = True, options: BackendOptions | None = None
+) -> LoadedEngine:
     """Load the engine in folder ``path``; refuse an artifact whose hash differs from its manifest."""
     try:
         manifest = EngineManifest.read(path)
@@ -62,7 +109,8 @@ def load_engine(path: Path, threads: int = 0, verify: bool = True) -> LoadedEngi
         raise EngineError(f"engine artifact {artifact} is missing")
     if verify and sha256_file(artifact) != manifest.artifact_sha256:
         raise EngineError(f"{artifact} does not match the sha256 in its manifest; rebuild or restore the engine")
-    backend = BACKENDS.get(manifest.backend.name)(manifest, artifact, threads)
+    options = options or BackendOptions(threads=threads)
+    backend = BACKENDS.get(manifest.backend.name)(manifest, artifact, options)
     return LoadedEngine(manifest=manifest, backend=backend, path=Path(path))
 
 

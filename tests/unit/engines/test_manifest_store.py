@@ -11,11 +11,20 @@ import stat
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from engines.errors import EngineError
-from engines.manifest import MANIFEST_FILE, BackendSpec, BatchRange, Calibration, EngineManifest, sha256_file
+from engines.manifest import (
+    MANIFEST_FILE,
+    BackendSpec,
+    BatchRange,
+    Calibration,
+    EngineManifest,
+    OutputSpec,
+    sha256_file,
+)
 from engines.preprocess import InputContract
 from engines.recipes import TaskSpec
 from engines.store import CURRENT, EngineStore
@@ -77,12 +86,53 @@ def test_a_manifest_with_an_unknown_key_is_rejected(tmp_path: Path, where: str |
         EngineManifest.read(tmp_path)
 
 
-def test_a_manifest_of_another_schema_version_is_rejected(tmp_path: Path) -> None:
+def test_a_manifest_of_an_unknown_schema_version_is_rejected(tmp_path: Path) -> None:
     make_manifest().write(tmp_path)
-    data = json.loads((tmp_path / MANIFEST_FILE).read_text()) | {"schema_version": 2}
+    data = json.loads((tmp_path / MANIFEST_FILE).read_text()) | {"schema_version": 3}
     (tmp_path / MANIFEST_FILE).write_text(json.dumps(data))
     with pytest.raises(ValidationError):
         EngineManifest.read(tmp_path)
+
+
+def test_a_version_1_manifest_still_loads_with_its_output_name_as_the_fake_logit(tmp_path: Path) -> None:
+    # Given a manifest as schema version 1 wrote it: one output, named by output_name
+    make_manifest().write(tmp_path)
+    data = json.loads((tmp_path / MANIFEST_FILE).read_text())
+    del data["outputs"]
+    (tmp_path / MANIFEST_FILE).write_text(json.dumps(data | {"schema_version": 1, "output_name": "score"}))
+
+    # When it is read, then the single output is the fake logit and nothing else is claimed
+    manifest = EngineManifest.read(tmp_path)
+    assert (manifest.schema_version, manifest.outputs.names()) == (1, ["score"])
+
+
+def test_class_and_mask_outputs_must_match_the_task() -> None:
+    with pytest.raises(ValidationError, match="multiclass"):
+        make_manifest(outputs=OutputSpec(class_logits="class_logits"))
+    with pytest.raises(ValidationError, match="masks"):
+        make_manifest(outputs=OutputSpec(mask_logits="mask_logits"))
+
+
+def test_isotonic_calibration_interpolates_its_knots_and_is_flat_beyond_them() -> None:
+    calibration = Calibration(method="isotonic", logits=(-2.0, 0.0, 2.0), probabilities=(0.1, 0.3, 0.9))
+    assert [calibration.p_fake(z) for z in (-5.0, -1.0, 1.0, 5.0)] == pytest.approx([0.1, 0.2, 0.6, 0.9])
+    np.testing.assert_allclose(calibration.p_fake_array(np.array([-1.0, 1.0])), [0.2, 0.6])
+
+
+@pytest.mark.parametrize(
+    "knots",
+    [{"logits": (0.0,), "probabilities": (0.5,)}, {"logits": (1.0, 0.0), "probabilities": (0.2, 0.4)},
+     {"logits": (0.0, 1.0), "probabilities": (0.4, 0.2)}, {"logits": (0.0, 1.0), "probabilities": (0.4, 1.2)}],
+)  # fmt: skip
+def test_isotonic_calibration_refuses_knots_that_are_not_a_monotone_map(knots: dict) -> None:
+    with pytest.raises(ValidationError):
+        Calibration(method="isotonic", **knots)
+
+
+def test_temperature_calibration_of_an_array_equals_the_scalar_form() -> None:
+    calibration = Calibration(method="temperature", temperature=1.7)
+    logits = np.array([-800.0, -3.0, 0.0, 2.5, 800.0])
+    np.testing.assert_allclose(calibration.p_fake_array(logits), [calibration.p_fake(z) for z in logits], atol=1e-15)
 
 
 @pytest.mark.parametrize(("lo", "opt", "hi"), [(4, 2, 8), (1, 9, 8), (0, 1, 1)])
