@@ -88,6 +88,8 @@ class SampledFrame:
 class DecodedMedia:
     facts: MediaFacts
     frames: tuple[SampledFrame, ...]
+    decoder: str = "pyav"  # the decoder that produced the frames
+    fallback_reason: str | None = None  # why a preferred decoder (DALI) was not used, when it was not
 
 
 # --- sources ------------------------------------------------------------------------------------
