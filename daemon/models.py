@@ -1,4 +1,5 @@
-"""The daemon's SQL schema as SQLAlchemy ORM models: one verdict row and its append-only children.
+"""The daemon's SQL schema as SQLAlchemy ORM models: one verdict row and its append-only children, and
+the engines that made them.
 
 These classes mirror ``alembic/versions``; the migrations create the schema, and a test compares the
 two so they cannot drift. Only ``daemon.repository`` should touch them; the rest of the daemon speaks
@@ -94,6 +95,8 @@ class Verdict(Base):
     timings_ms: Mapped[dict[str, float]] = mapped_column(json_document())
     job_metadata: Mapped[dict[str, Any]] = mapped_column(json_document())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
+    decoder: Mapped[str | None] = mapped_column(Text)  # pyav | dali (migration 0002)
+    decoder_note: Mapped[str | None] = mapped_column(Text)  # why the preferred decoder was passed over
 
     frames: Mapped[list[VerdictFrame]] = relationship(order_by="VerdictFrame.id")
     tracks: Mapped[list[VerdictTrack]] = relationship(order_by="VerdictTrack.id")
@@ -145,3 +148,33 @@ class VerdictMask(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     png: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EngineRow(Base):
+    """An engine a daemon has served: its manifest, flattened where analysts filter, whole in ``manifest``.
+
+    Verdicts join on (name, version, artifact_sha256) = (engine_name, engine_version, engine_artifact_sha256).
+    """
+
+    __tablename__ = "engines"
+    __table_args__ = (UniqueConstraint("name", "version", "artifact_sha256", name="uq_engines_name_version_artifact"),)
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer)
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    recipe: Mapped[str] = mapped_column(Text)
+    recipe_sha256: Mapped[str] = mapped_column(String(64))
+    detector: Mapped[str] = mapped_column(Text)
+    task_kind: Mapped[str] = mapped_column(Text)
+    class_names: Mapped[list[str]] = mapped_column(json_document())
+    backend: Mapped[str] = mapped_column(Text)
+    backend_version: Mapped[str] = mapped_column(Text)
+    precision: Mapped[str] = mapped_column(Text)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    threshold: Mapped[float] = mapped_column(Double)
+    calibration: Mapped[dict[str, Any]] = mapped_column(json_document())
+    evaluation: Mapped[dict[str, Any]] = mapped_column(json_document())
+    manifest: Mapped[dict[str, Any]] = mapped_column(json_document())
+    built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

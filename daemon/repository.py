@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from daemon.db import session_factory, translate_outages
-from daemon.models import Verdict, VerdictFrame, VerdictMask, VerdictTrack
+from daemon.models import EngineRow, Verdict, VerdictFrame, VerdictMask, VerdictTrack
 from daemon.records import (
     EngineIdentity,
     FrameScoreRecord,
@@ -23,6 +23,7 @@ from daemon.records import (
     TrackSummaryRecord,
     VerdictRecord,
 )
+from engines.manifest import EngineManifest
 
 # The view the migration creates; only its key columns are needed to pick rows from ``verdicts``.
 _latest_verdicts = table("latest_verdicts", column("id"), column("job_id"))
@@ -52,6 +53,8 @@ _PLAIN_FIELDS = (
     "duration_s",
     "size_bytes",
     "timings_ms",
+    "decoder",
+    "decoder_note",
 )
 
 
@@ -120,6 +123,35 @@ class VerdictRepository:
         with translate_outages(), self._sessions() as session:
             return session.scalar(select(func.count()).select_from(Verdict)) or 0
 
+    def record_engine(self, manifest: EngineManifest) -> bool:
+        """Record an engine the daemon serves, so verdicts can be joined to it; True if it was new here."""
+        with translate_outages():
+            if self._engine_id(manifest) is not None:
+                return False
+            try:
+                with self._sessions.begin() as session:
+                    session.add(_engine_row(manifest))
+                return True
+            except IntegrityError:  # another daemon recorded it first
+                if self._engine_id(manifest) is None:
+                    raise
+                return False
+
+    def engine_manifests(self) -> list[EngineManifest]:
+        """Every engine recorded, oldest first."""
+        with translate_outages(), self._sessions() as session:
+            rows = session.scalars(select(EngineRow.manifest).order_by(EngineRow.id))
+            return [EngineManifest.model_validate(row) for row in rows]
+
+    def _engine_id(self, manifest: EngineManifest) -> int | None:
+        query = select(EngineRow.id).where(
+            EngineRow.name == manifest.name,
+            EngineRow.version == manifest.version,
+            EngineRow.artifact_sha256 == manifest.artifact_sha256,
+        )
+        with self._sessions() as session:
+            return session.scalar(query)
+
     def _insert(self, record: VerdictRecord) -> int:
         with self._sessions.begin() as session:
             row = _to_row(record)
@@ -129,6 +161,29 @@ class VerdictRepository:
 
 
 _WITH_CHILDREN = (selectinload(Verdict.frames), selectinload(Verdict.tracks), selectinload(Verdict.masks))
+
+
+def _engine_row(manifest: EngineManifest) -> EngineRow:
+    backend = manifest.backend
+    return EngineRow(
+        name=manifest.name,
+        version=manifest.version,
+        artifact_sha256=manifest.artifact_sha256,
+        recipe=manifest.recipe,
+        recipe_sha256=manifest.recipe_sha256,
+        detector=manifest.detector,
+        task_kind=manifest.task.kind,
+        class_names=list(manifest.task.class_names),
+        backend=backend.name,
+        backend_version=backend.version,
+        precision=backend.precision,
+        weights_sha256=manifest.weights_sha256,
+        threshold=manifest.threshold,
+        calibration=manifest.calibration.model_dump(mode="json"),
+        evaluation=dict(manifest.evaluation),
+        manifest=manifest.model_dump(mode="json"),
+        built_at=manifest.built_at,
+    )
 
 
 def _to_row(record: VerdictRecord) -> Verdict:

@@ -18,7 +18,7 @@ from daemon.repository import VerdictRepository
 
 pytestmark = pytest.mark.integration
 
-SCHEMA_TABLES = {"verdicts", "verdict_frames", "verdict_tracks", "verdict_masks"}
+SCHEMA_TABLES = {"verdicts", "verdict_frames", "verdict_tracks", "verdict_masks", "engines"}
 
 
 def schema_differences(url: str, metadata: MetaData) -> list[object]:
@@ -95,5 +95,55 @@ def test_downgrade_to_base_then_upgrade_rebuilds_a_working_schema(
         saved = VerdictRepository(engine).save(make_verdict())
         with pytest.raises(IntegrityError, match="append-only"), engine.begin() as connection:
             connection.execute(text("DELETE FROM verdicts WHERE id = :id"), {"id": saved.id})
+    finally:
+        engine.dispose()
+
+
+def test_0002_adds_the_decoder_columns_to_a_populated_0001_database_and_its_view(
+    empty_database_url: str, make_verdict: Callable[..., VerdictRecord]
+) -> None:
+    # Given a database at 0001 holding a verdict
+    upgrade_database(empty_database_url, "0001")
+    engine = make_engine(empty_database_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO verdicts (job_id, source, media_uri, status, engine_name, engine_version, "
+                    "engine_artifact_sha256, timings_ms, job_metadata) VALUES ('old', 'scan', 'file:///a', 'ok', "
+                    "'demo', 1, :sha, '{}', '{}')"
+                ),
+                {"sha": "a" * 64},
+            )
+        # When it is upgraded to head
+        upgrade_database(empty_database_url)
+        # Then the old verdict is still there, readable through the view with the new (empty) decoder columns
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT job_id, decoder, decoder_note FROM latest_verdicts")).one()
+        assert tuple(row) == ("old", None, None)
+        # And a new verdict keeps its decoder facts
+        repository = VerdictRepository(engine)
+        saved = repository.save(make_verdict(job_id="new", decoder="pyav", decoder_note="variable_frame_rate"))
+        assert (repository.get(saved.id).decoder, repository.get(saved.id).decoder_note) == (
+            "pyav",
+            "variable_frame_rate",
+        )
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_0002_removes_engines_and_decoder_columns_and_keeps_verdicts(empty_database_url: str) -> None:
+    # Given a database at head; When downgraded to 0001
+    upgrade_database(empty_database_url)
+    downgrade_database(empty_database_url, "0001")
+    # Then the engines table is gone, the view still works, and the verdict columns are 0001's
+    tables, views = schema_objects(empty_database_url)
+    assert "engines" not in tables and views == {"latest_verdicts"}
+    engine = make_engine(empty_database_url)
+    try:
+        columns = {c["name"] for c in inspect(engine).get_columns("verdicts")}
+        assert not columns & {"decoder", "decoder_note"}
+        with engine.connect() as connection:
+            connection.execute(text("SELECT * FROM latest_verdicts")).all()
     finally:
         engine.dispose()

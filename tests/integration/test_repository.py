@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -12,6 +13,9 @@ from sqlalchemy.exc import IntegrityError
 
 from daemon.records import EngineIdentity, VerdictRecord
 from daemon.repository import SavedVerdict, VerdictRepository
+from engines.manifest import BackendSpec, Calibration, EngineManifest
+from engines.preprocess import InputContract
+from engines.recipes import TaskSpec
 
 pytestmark = pytest.mark.integration
 
@@ -192,3 +196,64 @@ def test_the_database_refuses_to_change_stored_verdicts(
 def test_postgresql_refuses_truncate(db_engine: Engine) -> None:
     with pytest.raises(IntegrityError, match="append-only"), db_engine.begin() as connection:
         connection.execute(text("TRUNCATE verdict_masks"))
+
+
+# --- engines ---------------------------------------------------------------------------------------------------
+
+
+def served_manifest(name: str, artifact_sha256: str = "c" * 64) -> EngineManifest:
+    """An engine under a name unique to the test: the database is shared and engines are append-only."""
+    return EngineManifest(
+        name=name,
+        version=1,
+        recipe="demo-tiny",
+        recipe_sha256="a" * 64,
+        detector="siglip_binary",
+        task=TaskSpec(),
+        input=InputContract(size=64),
+        backend=BackendSpec(name="onnxruntime", version="1.20", onnx_opset=18),
+        artifact="model.onnx",
+        artifact_sha256=artifact_sha256,
+        weights_sha256="b" * 64,
+        calibration=Calibration(method="isotonic", logits=(-1.0, 1.0), probabilities=(0.2, 0.7)),
+        threshold=0.61,
+        evaluation={"auc": 0.97},
+    )
+
+
+def test_an_engine_is_recorded_once_and_verdicts_join_to_it(
+    repository: VerdictRepository, db_engine: Engine, make_verdict: MakeVerdict
+) -> None:
+    # Given an engine recorded twice (two daemons loading it) and a verdict it made
+    manifest = served_manifest(f"demo-{uuid.uuid4().hex}")
+    assert [repository.record_engine(manifest), repository.record_engine(manifest)] == [True, False]
+    identity = EngineIdentity(manifest.name, manifest.version, manifest.artifact_sha256)
+    repository.save(make_verdict(job_id="j1", engine=identity))
+    # When verdicts are joined to engines in SQL
+    with db_engine.connect() as connection:
+        rows = connection.execute(
+            text(
+                "SELECT v.job_id, e.recipe, e.backend, e.threshold FROM verdicts v JOIN engines e "
+                "ON e.name = v.engine_name AND e.version = v.engine_version "
+                "AND e.artifact_sha256 = v.engine_artifact_sha256 WHERE e.name = :name"
+            ),
+            {"name": manifest.name},
+        ).all()
+    # Then the verdict finds exactly its engine, and the stored manifest reads back equal
+    assert [tuple(r) for r in rows] == [("j1", "demo-tiny", "onnxruntime", 0.61)]
+    assert [m for m in repository.engine_manifests() if m.name == manifest.name] == [manifest]
+
+
+def test_a_rebuilt_artifact_under_the_same_version_is_a_different_engine(repository: VerdictRepository) -> None:
+    # Given two stores that built "demo v1" from different weights; When both are recorded; Then both rows exist
+    name = f"demo-{uuid.uuid4().hex}"
+    assert repository.record_engine(served_manifest(name, artifact_sha256="c" * 64))
+    assert repository.record_engine(served_manifest(name, artifact_sha256="d" * 64))
+    assert [m.artifact_sha256[0] for m in repository.engine_manifests() if m.name == name] == ["c", "d"]
+
+
+def test_the_database_refuses_to_change_a_recorded_engine(repository: VerdictRepository, db_engine: Engine) -> None:
+    repository.record_engine(served_manifest(f"demo-{uuid.uuid4().hex}"))
+    for statement in ("UPDATE engines SET threshold = 0.1", "DELETE FROM engines"):
+        with pytest.raises(IntegrityError, match="append-only"), db_engine.begin() as connection:
+            connection.execute(text(statement))
