@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import structlog
 
+from daemon.outputs import RegionScores, mask_records, media_class_probs, media_label, region_scores
 from daemon.records import EngineIdentity, FrameScoreRecord, TrackSummaryRecord, VerdictRecord
 from engines.aggregate import AggregationRule, ScoredItem, aggregate
-from engines.backends import LoadedEngine
+from engines.backends import EngineOutputs, LoadedEngine
 from engines.errors import MediaError, PermanentError
 from engines.faces import FaceBox, MtcnnFaceDetector, assign_tracks, square_crop
 from engines.manifest import EngineManifest, sha256_file
@@ -66,6 +67,8 @@ class PreparedMedia:
     pixels: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     outcome: tuple[str, str, str] | None = None  # (status, code, detail) when no inference is needed
+    decoder: str | None = None  # what decoded the frames (DecodedMedia.decoder)
+    decoder_note: str | None = None  # why the preferred decoder was passed over (DecodedMedia.fallback_reason)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ class JudgeConfig:
     min_track_fraction: float
     decoder: str
     max_media_bytes: int
+    masks: bool = False  # store tamper masks, where the engine makes them
+    max_masks: int = 8  # masks per verdict: the most suspicious regions
 
 
 def _ms(since: float) -> float:
@@ -129,18 +134,25 @@ def prepare(
         decoded = DECODERS.get(config.decoder)(media, config.frames_per_video)
         facts = decoded.facts
         timings["decode"] = _ms(t)
+        decoded_by = {"decoder": decoded.decoder, "decoder_note": decoded.fallback_reason}
         t = time.perf_counter()
         regions, crops = find_regions(decoded, manifest, detector)
         timings["faces" if manifest.input.crop_mode == "face" else "regions"] = _ms(t)
         if not regions:
             detail = f"no face with confidence > {manifest.input.min_face_confidence} in {len(decoded.frames)} frames"
             return PreparedMedia(
-                job, sha, facts, len(decoded.frames), timings_ms=timings, outcome=("abstained", "no_face", detail)
+                job,
+                sha,
+                facts,
+                len(decoded.frames),
+                timings_ms=timings,
+                outcome=("abstained", "no_face", detail),
+                **decoded_by,
             )
         t = time.perf_counter()
         pixels = preprocess_batch(crops, manifest.input)
         timings["preprocess"] = _ms(t)
-        return PreparedMedia(job, sha, facts, len(decoded.frames), tuple(regions), pixels, timings)
+        return PreparedMedia(job, sha, facts, len(decoded.frames), tuple(regions), pixels, timings, **decoded_by)
     except PermanentError as e:
         return PreparedMedia(job, sha, facts, timings_ms=timings, outcome=("error", e.code, e.detail))
     except Exception as e:  # a bug or an unforeseen library failure: this job fails, the daemon does not
@@ -173,9 +185,13 @@ def engine_identity(manifest: EngineManifest) -> EngineIdentity:
 
 
 def verdict(
-    prepared: PreparedMedia, scores: np.ndarray | Exception | None, manifest: EngineManifest, config: JudgeConfig
+    prepared: PreparedMedia,
+    scores: EngineOutputs | np.ndarray | Exception | None,
+    manifest: EngineManifest,
+    config: JudgeConfig,
 ) -> VerdictRecord:
-    """Aggregate one job's scores into its verdict (or turn its recorded failure into one)."""
+    """Aggregate one job's engine outputs (or calibrated P(fake) per region) into its verdict, or turn its
+    recorded failure into one."""
     facts = prepared.facts
     common: dict[str, Any] = dict(
         job_id=prepared.job.job_id,
@@ -189,6 +205,8 @@ def verdict(
         frames_sampled=prepared.frames_sampled,
         timings_ms=dict(prepared.timings_ms),
         metadata=dict(prepared.job.metadata),
+        decoder=prepared.decoder,
+        decoder_note=prepared.decoder_note,
     )
     if facts is not None:
         common.update(
@@ -206,30 +224,38 @@ def verdict(
         return VerdictRecord(status=status, code=code, detail=detail, **common)  # type: ignore[arg-type]
     if isinstance(scores, Exception) or scores is None:
         return VerdictRecord(status="error", code="inference_failed", detail=repr(scores), **common)
-    items = [ScoredItem(r.frame_index, float(p), r.track_id) for r, p in zip(prepared.regions, scores, strict=True)]
+    regions = prepared.regions
+    per_region = region_scores(scores, manifest) if isinstance(scores, EngineOutputs) else RegionScores(scores)
+    p = per_region.p_fake
+    items = [ScoredItem(r.frame_index, float(p_r), r.track_id) for r, p_r in zip(regions, p, strict=True)]
     media = aggregate(items, config.rule, config.min_track_fraction)
-    label = manifest.task.positive_class if media.p_fake >= manifest.threshold else "real"
+    track_ids = [r.track_id for r in regions]
+    class_probs = media_class_probs(per_region, manifest, track_ids, media.decisive_track, media.p_fake)
     frames = tuple(
         FrameScoreRecord(
             frame_index=r.frame_index,
-            p_fake=float(p),
+            p_fake=float(p_r),
             pts_s=r.pts_s,
             face_index=r.face_index,
             track_id=r.track_id,
             box=(r.box.x0, r.box.y0, r.box.x1, r.box.y1) if r.box else None,
             face_confidence=r.box.confidence if r.box else None,
         )
-        for r, p in zip(prepared.regions, scores, strict=True)
+        for r, p_r in zip(regions, p, strict=True)
     )
     tracks = tuple(
         TrackSummaryRecord(t.track_id, t.n_frames, t.p_fake, t.first_frame, t.last_frame) for t in media.tracks
     )
+    masks = mask_records(
+        per_region, [r.frame_index for r in regions], track_ids, config.max_masks if config.masks else 0
+    )
     return VerdictRecord(
         status="ok",
-        label=label,
+        label=media_label(manifest, media.p_fake, class_probs),
         p_fake=media.p_fake,
-        class_probs={"real": 1 - media.p_fake, "fake": media.p_fake},
+        class_probs=class_probs,
         frames=frames,
         tracks=tracks,
+        masks=masks,
         **common,
     )
