@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import stat
 import threading
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ from engines.manifest import (
 )
 from engines.preprocess import InputContract
 from engines.recipes import TaskSpec
-from engines.store import CURRENT, EngineStore
+from engines.store import CURRENT, HISTORY_FILE, EngineStore
 
 
 def make_manifest(name: str = "demo", **fields: object) -> EngineManifest:
@@ -301,7 +304,7 @@ def test_current_is_a_relative_symlink_so_the_store_can_move(tmp_path: Path, art
     # Then current is a symlink to the bare folder name, with no temporary link left beside it
     link = tmp_path / "store" / "demo" / CURRENT
     assert link.is_symlink() and os.readlink(link) == "v0001"
-    assert sorted(p.name for p in link.parent.iterdir()) == [CURRENT, "v0001"]
+    assert sorted(p.name for p in link.parent.iterdir()) == [CURRENT, HISTORY_FILE, "v0001"]
 
     # And when the whole store is moved, current still resolves
     shutil.move(tmp_path / "store", tmp_path / "moved")
@@ -369,4 +372,128 @@ def test_concurrent_promotions_in_one_process_do_not_trip_over_each_other(tmp_pa
     # Then neither failed, current is one of them, and no temporary link is left
     assert not errors
     assert store.current_version("demo") in (1, 2)
-    assert sorted(p.name for p in (tmp_path / "store" / "demo").iterdir()) == [CURRENT, "v0001", "v0002"]
+    assert sorted(p.name for p in (tmp_path / "store" / "demo").iterdir()) == [CURRENT, HISTORY_FILE, "v0001", "v0002"]
+
+
+# --- store: promotion history and rollback ----------------------------------------------------------------------
+
+
+def _store_with_versions(root: Path, artifact: Path, count: int) -> EngineStore:
+    store = EngineStore(root)
+    for _ in range(count):
+        store.add(make_manifest(), artifact)
+    return store
+
+
+def test_each_promotion_appends_one_history_line(tmp_path: Path, artifact: Path, monkeypatch) -> None:
+    # Given two versions and a known user, with no history yet
+    monkeypatch.setenv("LOGNAME", "alice")
+    store = _store_with_versions(tmp_path / "store", artifact, 2)
+    assert store.history("demo") == [] and store.history("missing") == []
+
+    # When v1 then v2 is promoted
+    store.promote("demo", 1)
+    store.promote("demo", 2, reason="better AUC")
+
+    # Then the history holds one JSON line per promotion, oldest first, with the version it replaced
+    lines = (tmp_path / "store" / "demo" / HISTORY_FILE).read_text().splitlines()
+    assert len(lines) == 2 and json.loads(lines[1])["reason"] == "better AUC"
+    first, second = store.history("demo")
+    assert (first.version, first.previous_version, first.reason) == (1, None, None)
+    assert (second.version, second.previous_version, second.action) == (2, 1, "promote")
+    assert second.user == "alice"
+    assert datetime.fromisoformat(second.time).utcoffset() == timedelta(0)
+
+
+def test_rollback_walks_back_through_earlier_promotions_and_records_itself(tmp_path: Path, artifact: Path) -> None:
+    # Given v1, v2, v3 promoted in turn
+    store = _store_with_versions(tmp_path / "store", artifact, 3)
+    for version in (1, 2, 3):
+        store.promote("demo", version)
+
+    # When rolled back twice, then current walks back to v2 and then v1 (not back and forth between v3 and v2)
+    assert store.rollback("demo") == 2 and store.current_version("demo") == 2
+    assert store.rollback("demo") == 1 and store.current_version("demo") == 1
+
+    # And each rollback is in the history, with reason "rollback"
+    last = store.history("demo")[-1]
+    assert (last.version, last.previous_version, last.action, last.reason) == (1, 2, "rollback", "rollback")
+
+    # And with nothing earlier left, a further rollback is refused and current stays
+    with pytest.raises(EngineError, match="no earlier promoted version"):
+        store.rollback("demo")
+    assert store.current_version("demo") == 1 and len(store.history("demo")) == 5
+
+
+def test_rollback_returns_to_the_version_current_before_a_re_promotion(tmp_path: Path, artifact: Path) -> None:
+    # Given v1, v2, then v1 again promoted (a manual rollback), then v3
+    store = _store_with_versions(tmp_path / "store", artifact, 3)
+    for version in (1, 2, 1, 3):
+        store.promote("demo", version)
+
+    # Then rollback goes to v1, then v2 (current before v1 was re-promoted), then v1
+    assert [store.rollback("demo") for _ in range(3)] == [1, 2, 1]
+
+
+def test_rollback_skips_versions_no_longer_in_the_store(tmp_path: Path, artifact: Path) -> None:
+    # Given v1, v2, v3 promoted in turn and v2 deleted since
+    store = _store_with_versions(tmp_path / "store", artifact, 3)
+    for version in (1, 2, 3):
+        store.promote("demo", version)
+    shutil.rmtree(store.path("demo", 2))
+
+    # When rolled back, then current is v1
+    assert store.rollback("demo") == 1 and store.current_version("demo") == 1
+
+
+def test_rollback_without_a_current_or_earlier_version_raises(tmp_path: Path, artifact: Path) -> None:
+    # Given an unknown engine, a never-promoted one, and one promoted once
+    store = _store_with_versions(tmp_path / "store", artifact, 2)
+    with pytest.raises(EngineError, match="no engine named 'other'"):
+        store.rollback("other")
+    with pytest.raises(EngineError, match="no current engine named 'demo'"):
+        store.rollback("demo")
+    store.promote("demo", 2)
+
+    # Then rolling back the single promotion is refused and changes nothing
+    with pytest.raises(EngineError, match="v2 has no earlier"):
+        store.rollback("demo")
+    assert store.current_version("demo") == 2 and len(store.history("demo")) == 1
+
+
+def test_a_torn_history_line_is_skipped(tmp_path: Path, artifact: Path) -> None:
+    # Given a history whose last line was cut short (a crash mid-write) and one with a foreign record
+    store = _store_with_versions(tmp_path / "store", artifact, 2)
+    store.promote("demo", 1)
+    store.promote("demo", 2)
+    with open(tmp_path / "store" / "demo" / HISTORY_FILE, "a") as f:
+        f.write('["not a record"]\n{"version": 1, "previous_ver')
+
+    # Then history holds the two whole records, and rollback still works
+    assert [p.version for p in store.history("demo")] == [1, 2]
+    assert store.rollback("demo") == 1
+
+
+def _promote_alternately(root: Path, rounds: int) -> None:
+    store = EngineStore(root)
+    for i in range(rounds):
+        store.promote("demo", 1 + i % 2)
+
+
+def test_concurrent_promoting_processes_keep_the_history_whole_and_in_order(tmp_path: Path, artifact: Path) -> None:
+    # Given two versions and three processes promoting them at the same time
+    store = _store_with_versions(tmp_path / "store", artifact, 2)
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_promote_alternately, args=(store.root, 150)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=60)
+
+    # Then every line is a whole record, and each names as previous the version the line before made current
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    lines = (tmp_path / "store" / "demo" / HISTORY_FILE).read_text().splitlines()
+    history = store.history("demo")
+    assert len(lines) == len(history) == 450
+    assert all(b.previous_version == a.version for a, b in itertools.pairwise(history))
+    assert history[-1].version == store.current_version("demo")
