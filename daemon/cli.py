@@ -43,25 +43,18 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace, out: TextIO) ->
 
 def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     from daemon.db import make_engine, require_current_schema
+    from daemon.engine_watch import EngineWatcher, FaceDetectors
     from daemon.pipeline import JudgeConfig
     from daemon.repository import VerdictRepository
     from daemon.scan import run_scan
     from daemon.table import VerdictTable
     from engines.backends import load_engine
-    from engines.faces import MtcnnFaceDetector
     from engines.media import DECODERS
     from engines.store import EngineStore
 
     db = make_engine(settings.database_url)
     require_current_schema(db)
-    engine = load_engine(
-        EngineStore(settings.engine_store).resolve(settings.engine_name, settings.engine_version),
-        threads=settings.inference_threads,
-    )
-    contract = engine.manifest.input
-    detector = None
-    if contract.crop_mode == "face":
-        detector = MtcnnFaceDetector(min_confidence=contract.min_face_confidence, device=settings.device)
+    repository = VerdictRepository(db)
     config = JudgeConfig(
         frames_per_video=settings.frames_per_video,
         rule=settings.aggregation_rule,
@@ -71,12 +64,24 @@ def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     )
     if config.decoder not in DECODERS:
         raise DeepsiftError(f"decoder {config.decoder!r} is not available")
-    table = VerdictTable(out)
-    table.header(engine.manifest)
-    results = [
-        table.row(r) for r in run_scan(args.paths, engine, VerdictRepository(db), config, detector, settings.prefetch)
-    ]
-    table.footer(results)
+    watcher = EngineWatcher(
+        EngineStore(settings.engine_store),
+        settings.engine_name,
+        load=lambda path: load_engine(path, threads=settings.inference_threads),
+        on_ready=lambda engine, _replacing: repository.record_engine(engine.manifest),
+        poll_s=settings.engine_poll_s,
+        pinned_version=settings.engine_version,
+    ).start()
+    try:
+        table = VerdictTable(out)
+        table.header(watcher.current().manifest)
+        detectors = FaceDetectors(settings.device)
+        results = [
+            table.row(r) for r in run_scan(args.paths, watcher, repository, config, detectors, settings.prefetch)
+        ]
+        table.footer(results)
+    finally:
+        watcher.stop()
     return 0
 
 

@@ -69,6 +69,8 @@ class PreparedMedia:
     outcome: tuple[str, str, str] | None = None  # (status, code, detail) when no inference is needed
     decoder: str | None = None  # what decoded the frames (DecodedMedia.decoder)
     decoder_note: str | None = None  # why the preferred decoder was passed over (DecodedMedia.fallback_reason)
+    # The engine it was prepared for (by its input contract); that engine scores it and names its verdict.
+    engine: LoadedEngine | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -102,8 +104,11 @@ def fetch(job: MediaJob, max_bytes: int) -> tuple[Path | bytes, str]:
 
 def find_regions(
     decoded: DecodedMedia, manifest: EngineManifest, detector: MtcnnFaceDetector | None
-) -> tuple[list[Region], list[np.ndarray]]:
-    """Regions and their RGB pixels: whole frames, or square face crops — as the manifest says."""
+) -> tuple[list[Region], list[Any]]:
+    """Regions and their RGB pixels: whole frames, or square face crops — as the manifest says.
+
+    Pixels stay where the decoder put them: numpy arrays from PyAV, CUDA tensors from DALI (crops included).
+    """
     frames = decoded.frames
     contract = manifest.input
     if contract.crop_mode == "full":
@@ -123,7 +128,11 @@ def find_regions(
 def prepare(
     job: MediaJob, manifest: EngineManifest, detector: MtcnnFaceDetector | None, config: JudgeConfig
 ) -> PreparedMedia:
-    """Fetch, decode, find faces and preprocess one job; failures are recorded, never raised."""
+    """Fetch, decode, find faces and preprocess one job; failures are recorded, never raised.
+
+    Frames decoded on the GPU (DALI) stay there through crops and preprocessing: ``pixels`` is then a CUDA tensor
+    the engine takes as it is; from PyAV it is a numpy array.
+    """
     timings: dict[str, float] = {}
     sha, facts = None, None
     try:
@@ -160,24 +169,52 @@ def prepare(
         return PreparedMedia(job, sha, facts, timings_ms=timings, outcome=("error", "internal_error", repr(e)))
 
 
-def infer(engine: LoadedEngine, batch: Sequence[PreparedMedia]) -> list[np.ndarray | Exception]:
-    """Run the pixels of several jobs as one engine batch; if it fails, retry job by job."""
-    ready = [p.pixels for p in batch if p.pixels is not None]
-    if not ready:
-        return []
+def infer(engine: LoadedEngine | None, batch: Sequence[PreparedMedia]) -> list[EngineOutputs | Exception]:
+    """The engine outputs for each job with pixels, in order: each job scored by the engine it was prepared for
+    (``engine`` for jobs prepared without one), one engine batch per engine and pixel placement (host numpy, or
+    a GPU tensor from DALI). Mask outputs come along where the engine makes them; ``verdict`` keeps them only
+    when asked. If a batch fails, its jobs are retried one by one, so a failure stays with the job that caused it."""
+    ready = [p for p in batch if p.pixels is not None]
+    groups: dict[tuple[int, str], list[int]] = {}
+    for i, p in enumerate(ready):
+        groups.setdefault((id(p.engine or engine), _placement(p.pixels)), []).append(i)
+    scored: dict[int, EngineOutputs | Exception] = {}
+    for indices in groups.values():
+        scorer, pixels = ready[indices[0]].engine or engine, [ready[i].pixels for i in indices]
+        scored.update(zip(indices, _score(scorer, pixels), strict=True))
+    return [scored[i] for i in range(len(ready))]
+
+
+def _placement(pixels: Any) -> str:
+    return "numpy" if isinstance(pixels, np.ndarray) else f"{type(pixels).__name__}:{getattr(pixels, 'device', '')}"
+
+
+def _score(engine: LoadedEngine | None, ready: Sequence[Any]) -> list[EngineOutputs | Exception]:
+    """One engine batch for several jobs' pixels (all numpy, or all tensors on one device); job by job if it fails."""
+    if engine is None:
+        return [RuntimeError("no engine to score this job")] * len(ready)
     try:
-        scores = engine.p_fake(np.concatenate(ready))
+        outputs = engine.run(_concatenate(ready), masks=True)
         offsets = np.cumsum([0] + [len(p) for p in ready])
-        return [scores[a:b] for a, b in itertools.pairwise(offsets)]
+        return [outputs.slice(a, b) for a, b in itertools.pairwise(offsets)]
     except Exception:
-        log.exception("batch_inference_failed", jobs=len(ready))
-    results: list[np.ndarray | Exception] = []
+        log.exception("batch_inference_failed", jobs=len(ready), engine=engine.manifest.name,
+                      version=engine.manifest.version)  # fmt: skip
+    results: list[EngineOutputs | Exception] = []
     for pixels in ready:
         try:
-            results.append(engine.p_fake(pixels))
+            results.append(engine.run(pixels, masks=True))
         except Exception as e:
             results.append(e)
     return results
+
+
+def _concatenate(pixels: Sequence[Any]) -> Any:
+    if isinstance(pixels[0], np.ndarray):
+        return np.concatenate(pixels)
+    import torch  # only GPU-decoded pixels are tensors; torch is loaded by then
+
+    return torch.cat(list(pixels))
 
 
 def engine_identity(manifest: EngineManifest) -> EngineIdentity:

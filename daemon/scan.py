@@ -2,7 +2,8 @@
 
 A worker thread prepares media (fetch, decode, faces, preprocess) up to ``prefetch`` jobs ahead, while
 the calling thread batches prepared jobs through the engine, aggregates, and stores each verdict — so
-decode and face work hide behind inference.
+decode and face work hide behind inference. Each job is prepared for the engine serving when it starts
+and judged by that engine, so an engine promoted during a scan takes over between jobs.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import hashlib
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
 
+from daemon.engine_watch import EngineSource, FaceDetectors, FixedEngine
 from daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, infer, prepare, verdict
 from daemon.records import VerdictRecord
 from daemon.repository import VerdictRepository
@@ -102,34 +104,47 @@ def _frames(item: PreparedMedia) -> int:
     return 0 if item.pixels is None else len(item.pixels)
 
 
+def prepare_for(job: MediaJob, engines: EngineSource, detectors: FaceDetectors, config: JudgeConfig) -> PreparedMedia:
+    """Prepare ``job`` for the engine serving now, and keep that engine with it to score it."""
+    engine = engines.current()
+    return replace(prepare(job, engine.manifest, detectors.for_engine(engine.manifest), config), engine=engine)
+
+
 def run_scan(
     paths: Sequence[Path],
-    engine: LoadedEngine,
+    engine: LoadedEngine | EngineSource,
     repository: VerdictRepository,
     config: JudgeConfig,
-    detector: MtcnnFaceDetector | None,
+    detector: MtcnnFaceDetector | FaceDetectors | None = None,
     prefetch: int = 2,
 ) -> Iterator[ScanResult]:
-    """Judge every file under ``paths`` and store one verdict per file; yields results as they are stored."""
-    manifest = engine.manifest
+    """Judge every file under ``paths`` and store one verdict per file; yields results as they are stored.
+
+    ``engine`` is one engine, or a source whose engine may change between jobs (``EngineWatcher``);
+    ``detector`` is the face detector to use, or detectors made per engine.
+    """
+    engines = FixedEngine(engine) if isinstance(engine, LoadedEngine) else engine
+    detectors = detector if isinstance(detector, FaceDetectors) else FaceDetectors(given=[detector] if detector else [])
     jobs = (scan_job(p) for p in expand_paths(paths))
     prepared: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
     worker = threading.Thread(
         target=_prepare_ahead,
-        args=(jobs, lambda job: prepare(job, manifest, detector, config), prepared, stop),
+        args=(jobs, lambda job: prepare_for(job, engines, detectors, config), prepared, stop),
         name="prepare",
         daemon=True,
     )
     worker.start()
     try:
-        for batch in _batches(prepared, max(manifest.batch.opt, 1)):
-            scores = iter(infer(engine, batch))
+        for batch in _batches(prepared, max(engines.current().manifest.batch.opt, 1)):
+            scores = iter(infer(engines.current(), batch))
             for item in batch:
+                manifest = (item.engine or engines.current()).manifest
                 record = verdict(item, next(scores) if item.pixels is not None else None, manifest, config)
                 saved = repository.save(record)
                 log.debug("verdict", job_id=record.job_id, uri=record.media_uri, status=record.status,
-                         label=record.label, p_fake=record.p_fake, code=record.code)  # fmt: skip
+                         label=record.label, p_fake=record.p_fake, code=record.code,
+                         engine_version=record.engine.version)  # fmt: skip
                 yield ScanResult(record, saved.id, saved.created, item.job.path)
     finally:
         stop.set()

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     engine_store: Path = Field(default=Path("var/engines"), description="root of the versioned engine store")
     engine_name: str = Field(default="demo", description="engine to serve; its 'current' version is loaded")
     engine_version: int | None = Field(default=None, description="pin a version instead of following 'current'")
+    engine_poll_s: float = Field(
+        default=5.0, ge=0.0, description="how often 'current' is checked for a promoted engine; 0 = never, or pinned"
+    )
     frames_per_video: int = Field(default=32, ge=1, le=1024, description="evenly spaced frames sampled per video")
     aggregation: str = Field(default="mean", description="frame→video rule: mean, max, topk[:fraction], quantile[:q]")
     min_track_fraction: float = Field(

@@ -1,9 +1,11 @@
-"""Stage 2, one thread that owns the engine: micro-batch frames across jobs, infer, aggregate, verdict.
+"""Stage 2, one thread that scores: micro-batch frames across jobs, infer, aggregate, verdict.
 
 A batch closes when it holds ``max_frames`` frames or ``max_wait_s`` after its first job arrived,
 whichever is first; a job is never split, and one bigger than a batch goes alone (the engine chunks it
 to its own batch range). Jobs that need no inference (errors, judged before) ride along with the
-next batch so they keep their place behind nothing slower than ``max_wait_s``.
+next batch so they keep their place behind nothing slower than ``max_wait_s``. Each job is scored by the
+engine it was prepared for and its verdict names that engine: a batch that spans an engine switch makes
+one engine call per engine.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -59,7 +61,10 @@ class MicroBatcher:
 
 
 def judge_batch(engine: LoadedEngine, batch: Sequence[Work], metrics: StreamMetrics) -> list[Judged]:
-    """One engine call for the batch's pixels, then one verdict per job (None for jobs judged before)."""
+    """One engine call per engine for the batch's pixels, then one verdict per job (None for jobs judged before).
+
+    Jobs are scored by the engine they were prepared for; ``engine`` (the serving one) judges any prepared
+    without one."""
     prepared = [w.prepared for w in batch if w.prepared is not None]
     frames = sum(w.frames for w in batch)
     started = time.perf_counter()
@@ -85,19 +90,24 @@ def judge_batch(engine: LoadedEngine, batch: Sequence[Work], metrics: StreamMetr
 def _verdict(work: Work, scores: np.ndarray | Exception | None, engine: LoadedEngine) -> VerdictRecord:
     """One job's verdict; a failure here (a bug) is that job's error verdict, never the batch's or the daemon's."""
     assert work.prepared is not None
+    manifest = (work.prepared.engine or engine).manifest
     try:
-        return verdict(work.prepared, scores, engine.manifest, work.config)
+        return verdict(work.prepared, scores, manifest, work.config)
     except Exception as e:
         log.exception("verdict_failed", job_id=work.job_id)
         failed = replace(work.prepared, regions=(), pixels=None, outcome=("error", "internal_error", repr(e)))
-        return verdict(failed, None, engine.manifest, work.config)
+        return verdict(failed, None, manifest, work.config)
 
 
 def batch_worker(
-    batcher: MicroBatcher, outbox: queue.Queue, engine: LoadedEngine, metrics: StreamMetrics, stop: threading.Event
+    batcher: MicroBatcher,
+    outbox: queue.Queue,
+    engines: Callable[[], LoadedEngine],
+    metrics: StreamMetrics,
+    stop: threading.Event,
 ) -> None:
     """Thread body: batches until the daemon stops."""
     while (batch := batcher.next_batch()) is not None:
-        for judged in judge_batch(engine, batch, metrics):
+        for judged in judge_batch(engines(), batch, metrics):
             if not put(outbox, judged, stop):
                 return

@@ -1,10 +1,11 @@
 """``daemon run``: the main loop that feeds the stages from Kafka and commits what they finished.
 
 Threads: the main loop (the only user of the consumer), ``prepare_workers`` prepare threads, one
-batching thread (owns the engine), one persist thread. Bounded queues link them; when the prepare
-queue is full or ``max_in_flight`` jobs are uncommitted, the loop pauses its partitions and keeps
-polling (so it stays in the group) until the stages catch up. Memory is bounded by those limits,
-whatever arrives.
+batching thread (scores every job), one persist thread, and the engine watcher, which loads and warms a
+promoted engine beside the serving one (prepare workers take the serving engine as they start a job).
+Bounded queues link them; when the prepare queue is full or ``max_in_flight`` jobs are uncommitted, the
+loop pauses its partitions and keeps polling (so it stays in the group) until the stages catch up.
+Memory is bounded by those limits, whatever arrives.
 
 Delivery: an offset is committed only when every job below it has its verdict in SQL (``offsets``);
 revoked partitions are committed in the rebalance listener. SIGTERM/SIGINT drain: stop taking jobs,
@@ -29,7 +30,8 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
 from daemon import notify
-from daemon.pipeline import JudgeConfig, engine_identity
+from daemon.engine_watch import EngineWatcher, FaceDetectors
+from daemon.pipeline import JudgeConfig
 from daemon.repository import VerdictRepository
 from daemon.settings import Settings
 from daemon.stream.batching import MicroBatcher, batch_worker
@@ -42,8 +44,6 @@ from daemon.stream.persist import PersistContext, persist_worker
 from daemon.stream.prepare import PrepareContext, prepare_worker
 from daemon.stream.retry import Abandoned, Backoff, retry_forever
 from daemon.stream.work import Completion, Envelope
-from engines.backends import LoadedEngine
-from engines.faces import MtcnnFaceDetector
 
 log = structlog.get_logger(__name__)
 
@@ -93,7 +93,7 @@ class Services:
     """What the loop runs on, made by ``start_services`` (or by a test)."""
 
     settings: Settings
-    engine: LoadedEngine
+    engines: EngineWatcher  # the serving engine, switched when another is promoted
     repository: VerdictRepository
     producer: KafkaProducer
     health: Health
@@ -313,10 +313,8 @@ class StreamDaemon:
 
     def _start_stages(self) -> None:
         s, lifecycle = self.services, self.services.lifecycle
-        manifest = s.engine.manifest
         prepare_context = PrepareContext(
-            manifest=manifest,
-            identity=engine_identity(manifest),
+            engines=s.engines.current,
             config=judge_config(self.settings),
             policy=fetch_policy(self.settings),
             repository=s.repository,
@@ -326,12 +324,12 @@ class StreamDaemon:
             is_current=self.ledger.is_current,
         )
         for i in range(self.settings.prepare_workers):
-            args = (self.prepare_q, self.infer_q, prepare_context, self._detector())
+            args = (self.prepare_q, self.infer_q, prepare_context, self._detectors())
             self._spawn(f"prepare-{i}", prepare_worker, *args)
         batcher = MicroBatcher(
             self.infer_q, self.settings.batch_max_frames, self.settings.batch_max_wait_ms / 1000.0, lifecycle.stop_now
         )
-        self._spawn("infer", batch_worker, batcher, self.persist_q, s.engine, s.metrics, lifecycle.stop_now)
+        self._spawn("infer", batch_worker, batcher, self.persist_q, s.engines.current, s.metrics, lifecycle.stop_now)
         persist_context = PersistContext(
             s.repository, s.producer, self.settings.kafka_dead_letter_topic, self.settings.kafka_verdict_topic,
             self.watch, s.metrics, lifecycle.stop_now,
@@ -340,11 +338,11 @@ class StreamDaemon:
         self._spawn("db-check", watch_database, s.repository, self.watch, lifecycle.stop_now)
         s.metrics.watch_queues({"prepare": self.prepare_q, "infer": self.infer_q, "persist": self.persist_q})
 
-    def _detector(self) -> MtcnnFaceDetector | None:
-        contract = self.services.engine.manifest.input
-        if contract.crop_mode != "face":
-            return None
-        return MtcnnFaceDetector(min_confidence=contract.min_face_confidence, device=self.settings.device)
+    def _detectors(self) -> FaceDetectors:
+        """One prepare worker's face detectors, the serving engine's built now rather than on the first job."""
+        detectors = FaceDetectors(self.settings.device)
+        detectors.for_engine(self.services.engines.current().manifest)
+        return detectors
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
         threading.Thread(target=self._guarded, args=(name, target, *args), name=name, daemon=True).start()
@@ -365,6 +363,7 @@ class StreamDaemon:
         """Finish the jobs the stages have started and commit them; queued jobs are released to Kafka."""
         lifecycle, health = self.services.lifecycle, self.services.health
         health.draining()
+        self.services.engines.stop()  # no new job will be prepared: a promoted engine would serve nothing
         notify.notify_stopping()
         notify.notify_status("draining")
         consumer.pause(*consumer.assignment())
@@ -399,6 +398,7 @@ class StreamDaemon:
         return max(0, self.ledger.in_flight() - still_owned)
 
     def _stop(self, consumer: KafkaConsumer) -> None:
+        self.services.engines.stop()
         self.services.lifecycle.stop_now.set()
         try:
             consumer.close(autocommit=False)

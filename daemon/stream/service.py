@@ -1,22 +1,24 @@
-"""``daemon run`` start-up: health server first, then the database (schema checked), the engine (loaded
-and warm) and the producer — waiting while a dependency is down — then the consumer loop until a signal.
+"""``daemon run`` start-up: health server first, then the database (schema checked), the engine (loaded,
+warm, recorded, and followed for promotions) and the producer — waiting while a dependency is down — then
+the consumer loop until a signal.
 """
 
 from __future__ import annotations
 
 import signal
+import threading
 
-import numpy as np
 import structlog
 
 from daemon import notify
 from daemon.db import make_engine, require_current_schema
+from daemon.engine_watch import EngineWatcher
 from daemon.repository import VerdictRepository
 from daemon.settings import Settings
 from daemon.stream.consumer import kafka_call, make_producer
 from daemon.stream.health import Health, HealthServer
 from daemon.stream.metrics import StreamMetrics
-from daemon.stream.retry import Abandoned, retry_forever
+from daemon.stream.retry import Abandoned, DependencyWatch, retry_forever
 from daemon.stream.runner import Lifecycle, Services, StreamDaemon, Watch
 from engines.backends import LoadedEngine, load_engine
 from engines.errors import DeepsiftError
@@ -25,31 +27,49 @@ from engines.store import EngineStore
 log = structlog.get_logger(__name__)
 
 
-def warm_up(engine: LoadedEngine) -> None:
-    """One batch through the engine, so the first job does not pay for lazy initialisation."""
-    size = engine.manifest.input.size
-    engine.logits(np.zeros((max(1, engine.manifest.batch.opt), 3, size, size), dtype=np.float32))
+def announce_engine(
+    engine: LoadedEngine,
+    replacing: LoadedEngine | None,
+    repository: VerdictRepository,
+    metrics: StreamMetrics,
+    watch: DependencyWatch,
+    stop: threading.Event,
+) -> None:
+    """Before an engine serves: record it in SQL (waiting while the database is down) and in the info gauge."""
+    manifest = engine.manifest
+    retry_forever(lambda: repository.record_engine(manifest), dependency="database", stop=stop, watch=watch)
+    if replacing is not None:
+        metrics.engine.labels(name=replacing.manifest.name, version=str(replacing.manifest.version)).set(0)
+    metrics.engine.labels(name=manifest.name, version=str(manifest.version)).set(1)
 
 
 def start_services(settings: Settings, health: Health, metrics: StreamMetrics, lifecycle: Lifecycle) -> Services:
-    """Database (schema checked), engine (loaded and warm), producer; waits while a dependency is down."""
+    """Database (schema checked), engine (loaded, warm, followed), producer; waits while a dependency is down."""
     watch = Watch(health, metrics)
     notify.notify_status("connecting to the database")
     db = make_engine(settings.database_url)
     retry_forever(lambda: require_current_schema(db), dependency="database", stop=lifecycle.stopping, watch=watch)
+    repository = VerdictRepository(db)
     notify.notify_status("loading the engine")
-    engine = load_engine(
-        EngineStore(settings.engine_store).resolve(settings.engine_name, settings.engine_version),
-        threads=settings.inference_threads,
-    )
-    warm_up(engine)
+    engines = EngineWatcher(
+        EngineStore(settings.engine_store),
+        settings.engine_name,
+        load=lambda path: load_engine(path, threads=settings.inference_threads),
+        on_ready=lambda engine, replacing: announce_engine(
+            engine, replacing, repository, metrics, watch, lifecycle.stopping
+        ),
+        poll_s=settings.engine_poll_s,
+        pinned_version=settings.engine_version,
+    ).start()
     health.engine_warm()
-    metrics.engine.labels(name=engine.manifest.name, version=str(engine.manifest.version)).set(1)
-    log.info("engine_ready", engine=engine.manifest.name, version=engine.manifest.version)
-    producer = retry_forever(
-        lambda: kafka_call(make_producer, settings), dependency="kafka", stop=lifecycle.stopping, watch=watch
-    )
-    return Services(settings, engine, VerdictRepository(db), producer, health, metrics, lifecycle)
+    try:
+        producer = retry_forever(
+            lambda: kafka_call(make_producer, settings), dependency="kafka", stop=lifecycle.stopping, watch=watch
+        )
+    except BaseException:
+        engines.stop()
+        raise
+    return Services(settings, engines, repository, producer, health, metrics, lifecycle)
 
 
 def run_stream(settings: Settings) -> int:

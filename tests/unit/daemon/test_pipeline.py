@@ -46,10 +46,12 @@ def _job(path: Path, **kw) -> MediaJob:
 def test_full_frame_video_becomes_an_ok_verdict_with_one_score_per_sampled_frame(engine, clip):
     prepared = prepare(_job(clip, metadata={"uploader": "u1"}), engine.manifest, None, CONFIG)
     assert prepared.outcome is None and prepared.pixels.shape == (8, 3, 64, 64)
-    (scores,) = infer(engine, [prepared])
-    record = verdict(prepared, scores, engine.manifest, CONFIG)
+    (outputs,) = infer(engine, [prepared])
+    record = verdict(prepared, outputs, engine.manifest, CONFIG)
     assert record.status == "ok" and record.frames_sampled == 8 and len(record.frames) == 8
-    assert record.p_fake == pytest.approx(float(np.mean(scores)))
+    p_fake = engine.manifest.calibration.p_fake_array(outputs.fake_logit)
+    assert record.p_fake == pytest.approx(float(np.mean(p_fake)))
+    assert [f.p_fake for f in record.frames] == pytest.approx(list(p_fake))
     assert record.label == ("fake" if record.p_fake >= engine.manifest.threshold else "real")
     assert (record.codec, record.width, record.height, record.fps) == ("h264", 128, 72, 20.0)
     assert record.engine.version == 1 and record.engine.artifact_sha256 == engine.manifest.artifact_sha256
@@ -89,8 +91,8 @@ def test_batched_inference_returns_each_jobs_own_scores(engine, clip, tmp_path):
     failed = prepare(_job(tmp_path / "missing.png"), engine.manifest, None, CONFIG)
     together = infer(engine, [a, failed, b])
     assert [len(s) for s in together] == [8, 1]
-    np.testing.assert_allclose(together[0], infer(engine, [a])[0], atol=1e-6)
-    np.testing.assert_allclose(together[1], infer(engine, [b])[0], atol=1e-6)
+    np.testing.assert_allclose(together[0].fake_logit, infer(engine, [a])[0].fake_logit, atol=1e-5)
+    np.testing.assert_allclose(together[1].fake_logit, infer(engine, [b])[0].fake_logit, atol=1e-5)
 
 
 class _RefusesBigBatches:
@@ -99,10 +101,10 @@ class _RefusesBigBatches:
     def __init__(self, inner, limit: int) -> None:
         self.inner, self.limit = inner, limit
 
-    def run(self, pixels):
+    def run(self, pixels, outputs):
         if len(pixels) > self.limit:
             raise RuntimeError("out of memory")
-        return self.inner.run(pixels)
+        return self.inner.run(pixels, outputs)
 
 
 def test_a_failing_job_does_not_fail_its_batch(engine, clip, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -69,3 +70,61 @@ def test_one_batch_gives_one_verdict_per_job_and_none_for_jobs_judged_before(eng
     assert judged[0].record.timings_ms["batch_frames"] == 5 and "infer" in judged[3].record.timings_ms
     assert judged[1].record.code == "not_media"
     assert metrics.batch_frames._sum.get() == 5  # one engine batch of 5 frames
+
+
+class _CountingBackend:
+    """Records the size of each engine call."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, []
+
+    def run(self, pixels, outputs):
+        self.calls.append(len(pixels))
+        return self.inner.run(pixels, outputs)
+
+
+def _version(engine, version: int, threshold: float):
+    manifest = engine.manifest.model_copy(update={"version": version, "threshold": threshold})
+    return replace(engine, manifest=manifest, backend=_CountingBackend(engine.backend))
+
+
+def _for(work, engine):
+    return replace(work, prepared=replace(work.prepared, engine=engine))
+
+
+def test_a_batch_across_an_engine_switch_scores_each_job_with_its_own_engine(engine, make_work):
+    # Given jobs prepared for v1 and for v2 (a switch happened while they waited), and v2 serving
+    v1, v2 = _version(engine, 1, threshold=1.0), _version(engine, 2, threshold=0.0)
+    size = engine.manifest.input.size
+    batch = [
+        _for(make_work(3, 0, size=size), v1),
+        _for(make_work(2, 1, size=size), v2),
+        _for(make_work(1, 2, size=size), v1),
+        _for(make_work(0, 3, outcome=("error", "not_media", "text")), v1),
+        make_work(0, 4),  # judged before
+    ]
+    # When the batch is judged
+    judged = judge_batch(v2, batch, StreamMetrics())
+    # Then each engine ran once, on its own jobs' frames
+    assert v1.backend.calls == [4] and v2.backend.calls == [2]
+    # and each verdict names the engine that made it, with that engine's threshold
+    records = [j.record for j in judged]
+    assert [r.engine.version if r else None for r in records] == [1, 2, 1, 1, None]
+    real, fake = engine.manifest.task.real_class, engine.manifest.task.positive_class
+    assert [r.label for r in records[:3]] == [real, fake, real]
+    assert [len(r.frames) for r in records[:3]] == [3, 2, 1]
+
+
+def test_gpu_and_host_pixels_of_one_engine_go_in_separate_calls(engine, make_work):
+    # Given one engine's jobs, one decoded on the host (numpy) and one whose pixels are a tensor (GPU decode)
+    import torch
+
+    counting = replace(engine, backend=_CountingBackend(engine.backend))
+    size = engine.manifest.input.size
+    host, device = make_work(3, 0, size=size), make_work(2, 1, size=size)
+    device = replace(device, prepared=replace(device.prepared, pixels=torch.from_numpy(device.prepared.pixels)))
+    # When they are judged in one batch
+    judged = judge_batch(counting, [host, device], StreamMetrics())
+    # Then each placement is one engine call, and both jobs get their own scores
+    assert sorted(counting.backend.calls) == [2, 3]
+    assert [(j.record.status, len(j.record.frames)) for j in judged] == [("ok", 3), ("ok", 2)]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.pipeline import engine_identity
+from daemon.engine_watch import FaceDetectors
 from daemon.stream.fetch import FetchPolicy
 from daemon.stream.jobs import encode_job, new_job
 from daemon.stream.metrics import StreamMetrics
@@ -44,8 +45,13 @@ class Watch:
 
 
 @pytest.fixture(scope="module")
-def manifest(full_frame_store):
-    return load_engine(full_frame_store.resolve("tiny-full")).manifest
+def engine(full_frame_store):
+    return load_engine(full_frame_store.resolve("tiny-full"))
+
+
+@pytest.fixture(scope="module")
+def manifest(engine):
+    return engine.manifest
 
 
 @pytest.fixture
@@ -58,13 +64,12 @@ def media(tmp_path):
 
 
 @pytest.fixture
-def prepare(manifest, media, judge_config, make_envelope):
+def prepare(engine, media, judge_config, make_envelope):
     """prepare_message for one message value, with a media root at ``media``."""
 
     def run(value: bytes, repository: Repository | None = None, watch: Watch | None = None):
         context = PrepareContext(
-            manifest=manifest,
-            identity=engine_identity(manifest),
+            engines=lambda: engine,
             config=judge_config,
             policy=FetchPolicy.create(media_roots=[media]),
             repository=repository or Repository(),
@@ -73,7 +78,7 @@ def prepare(manifest, media, judge_config, make_envelope):
             stop=threading.Event(),
             is_current=lambda ticket: True,
         )
-        return prepare_message(make_envelope(7, value), context, None)
+        return prepare_message(make_envelope(7, value), context, FaceDetectors())
 
     return run
 
@@ -124,3 +129,27 @@ def test_the_database_is_waited_for_before_deciding_a_job_is_new(prepare, media)
     watch = Watch()
     work = prepare(_job(media, "a.png"), Repository(outage=2), watch)
     assert watch.failed == 2 and work.frames == 1
+
+
+def test_a_job_is_prepared_for_the_engine_serving_when_it_starts(engine, media, judge_config, make_envelope):
+    # Given a job judged by v1 before, and the engine serving switched from v1 to v2
+    v2 = replace(engine, manifest=engine.manifest.model_copy(update={"version": engine.manifest.version + 1}))
+    serving = [engine]
+    repository = Repository()
+    repository.find_id = lambda job_id, identity: 41 if identity.version == engine.manifest.version else None
+    context = PrepareContext(
+        engines=lambda: serving[0], config=judge_config, policy=FetchPolicy.create(media_roots=[media]),
+        repository=repository, watch=Watch(), metrics=StreamMetrics(), stop=threading.Event(),
+        is_current=lambda ticket: True,
+    )  # fmt: skip
+    value = _job(media, "a.png")
+    # Then a delivery under v1 is recognised as judged, and one under v2 is prepared for v2 and keeps it
+    assert prepare_message(make_envelope(7, value), context, FaceDetectors()).stored_id == 41
+    serving[0] = v2
+    work = prepare_message(make_envelope(8, value), context, FaceDetectors())
+    assert work.stored_id is None and work.prepared.engine is v2
+    # and a job that fails before inference still names the engine it was prepared for
+    refused = prepare_message(
+        make_envelope(9, encode_job(new_job("j-out", "file:///etc/passwd"))), context, FaceDetectors()
+    )
+    assert refused.prepared.engine is v2
