@@ -44,30 +44,20 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace, out: TextIO) ->
 def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     from daemon.db import make_engine, require_current_schema
     from daemon.engine_watch import EngineWatcher, FaceDetectors
-    from daemon.pipeline import JudgeConfig
     from daemon.repository import VerdictRepository
+    from daemon.runtime import engine_loader, judge_config, start_decoder
     from daemon.scan import run_scan
     from daemon.table import VerdictTable
-    from engines.backends import load_engine
-    from engines.media import DECODERS
     from engines.store import EngineStore
 
     db = make_engine(settings.database_url)
     require_current_schema(db)
     repository = VerdictRepository(db)
-    config = JudgeConfig(
-        frames_per_video=settings.frames_per_video,
-        rule=settings.aggregation_rule,
-        min_track_fraction=settings.min_track_fraction,
-        decoder="pyav" if settings.decoder == "auto" else settings.decoder,
-        max_media_bytes=settings.max_media_bytes,
-    )
-    if config.decoder not in DECODERS:
-        raise DeepsiftError(f"decoder {config.decoder!r} is not available")
+    config = judge_config(settings, start_decoder(settings))
     watcher = EngineWatcher(
         EngineStore(settings.engine_store),
         settings.engine_name,
-        load=lambda path: load_engine(path, threads=settings.inference_threads),
+        load=engine_loader(settings),
         on_ready=lambda engine, _replacing: repository.record_engine(engine.manifest),
         poll_s=settings.engine_poll_s,
         pinned_version=settings.engine_version,

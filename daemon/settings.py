@@ -42,8 +42,13 @@ class Settings(BaseSettings):
     min_track_fraction: float = Field(
         default=0.1, ge=0.0, le=1.0, description="tracks seen in fewer frames can't decide"
     )
-    decoder: Literal["auto", "pyav"] = Field(default="auto", description="media decoder; auto = best available")
-    device: str = Field(default="cpu", description="torch device for face detection")
+    decoder: Literal["auto", "pyav", "dali"] = Field(
+        default="auto", description="media decoder; auto = DALI when device is CUDA and DALI is installed, else PyAV"
+    )
+    dali_timeout_s: float = Field(default=30.0, gt=0, description="one video's DALI decode; then PyAV decodes it")
+    dali_max_duration_s: float = Field(default=1800.0, gt=0, description="longer videos go to PyAV")
+    device: str = Field(default="cpu", description="torch device: face detection, GPU preprocessing, torch engines")
+    masks: bool = Field(default=False, description="store tamper masks where the engine makes them (scan; jobs ask)")
     inference_threads: int = Field(default=0, ge=0, description="engine threads; 0 = runtime default")
     prefetch: int = Field(default=2, ge=1, le=64, description="media decoded ahead of inference")
     max_media_bytes: int = Field(default=2 << 30, gt=0, description="larger media become error verdicts")

@@ -7,6 +7,7 @@ MTCNN's weights ship inside the ``facenet-pytorch`` wheel; nothing is downloaded
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -14,7 +15,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    import torch
+
     from engines.media import SampledFrame
+
+    RGBImage = np.ndarray | torch.Tensor  # H×W×3 uint8 RGB, in host memory or on a device
 
 # A track survives this many consecutive sampled frames without a matching face (a blink of the
 # detector, a turned head) before a face at the same place starts a new track.
@@ -46,15 +51,25 @@ class FaceCrop:
     face_index: int
     track_id: int
     box: FaceBox
-    rgb: np.ndarray
+    rgb: np.ndarray | torch.Tensor
+
+
+def _is_tensor(image: object) -> bool:
+    """A torch tensor, told apart without importing torch (this module loads it only for MTCNN)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(image, torch.Tensor)
 
 
 class FaceDetector(Protocol):
-    def detect(self, frames: Sequence[np.ndarray]) -> list[list[FaceBox]]: ...
+    def detect(self, frames: Sequence[RGBImage]) -> list[list[FaceBox]]: ...
 
 
 class MtcnnFaceDetector:
-    """MTCNN over batches of RGB frames; the network is built once and reused for every call."""
+    """MTCNN over batches of RGB frames; the network is built once and reused for every call.
+
+    Frames may be numpy arrays or torch tensors; with ``device="cuda"`` and CUDA tensors from the GPU decoder the
+    whole detection runs on the GPU (facenet-pytorch moves other frames to the network's device itself).
+    """
 
     max_batch = 16  # frames per forward pass: bounds memory on long 1080p batches
 
@@ -62,7 +77,7 @@ class MtcnnFaceDetector:
         self.min_confidence = min_confidence
         self._mtcnn = _build_mtcnn(device, min_face_size)
 
-    def detect(self, frames: Sequence[np.ndarray]) -> list[list[FaceBox]]:
+    def detect(self, frames: Sequence[RGBImage]) -> list[list[FaceBox]]:
         """Per frame, the faces above ``min_confidence``, most confident first.
 
         MTCNN batches only frames of one size, so frames are grouped by shape and batched per group.
@@ -71,7 +86,7 @@ class MtcnnFaceDetector:
         for indices in _indices_by_shape(frames).values():
             for start in range(0, len(indices), self.max_batch):
                 chunk = indices[start : start + self.max_batch]
-                boxes, probs = self._mtcnn.detect(np.stack([frames[i] for i in chunk]))
+                boxes, probs = self._mtcnn.detect(_stack([frames[i] for i in chunk]))
                 for i, frame_boxes, frame_probs in zip(chunk, boxes, probs, strict=True):
                     found[i] = self._kept(frame_boxes, frame_probs)
         return found
@@ -98,16 +113,22 @@ def _build_mtcnn(device: str, min_face_size: int) -> Any:
     return mtcnn.eval()
 
 
-def _indices_by_shape(frames: Sequence[np.ndarray]) -> dict[tuple[int, ...], list[int]]:
-    groups: dict[tuple[int, ...], list[int]] = {}
+def _indices_by_shape(frames: Sequence[RGBImage]) -> dict[tuple[object, ...], list[int]]:
+    """Frame positions grouped by shape and device: MTCNN batches frames of one size on one device."""
+    groups: dict[tuple[object, ...], list[int]] = {}
     for i, frame in enumerate(frames):
-        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-            raise ValueError(f"frame {i} must be H x W x 3 uint8 RGB, got {frame.dtype} {frame.shape}")
-        groups.setdefault(frame.shape, []).append(i)
+        uint8 = sys.modules["torch"].uint8 if _is_tensor(frame) else np.uint8
+        if frame.dtype != uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"frame {i} must be H x W x 3 uint8 RGB, got {frame.dtype} {tuple(frame.shape)}")
+        groups.setdefault((*frame.shape, str(getattr(frame, "device", "cpu"))), []).append(i)
     return groups
 
 
-def square_crop(rgb: np.ndarray, box: FaceBox, margin: float) -> np.ndarray:
+def _stack(frames: list[RGBImage]) -> RGBImage:
+    return sys.modules["torch"].stack(frames) if _is_tensor(frames[0]) else np.stack(frames)
+
+
+def square_crop(rgb: RGBImage, box: FaceBox, margin: float) -> RGBImage:
     """A square around the face, ``max(w, h) * (1 + margin)`` on a side, centred on the box.
 
     Parts outside the frame are black rather than shifting the square inwards, so the face stays
@@ -116,7 +137,10 @@ def square_crop(rgb: np.ndarray, box: FaceBox, margin: float) -> np.ndarray:
     side = max(1, round(max(box.width, box.height) * (1 + margin)))
     left = round((box.x0 + box.x1) / 2 - side / 2)
     top = round((box.y0 + box.y1) / 2 - side / 2)
-    crop = np.zeros((side, side, rgb.shape[2]), dtype=rgb.dtype)
+    if _is_tensor(rgb):  # stays on the frame's device
+        crop = rgb.new_zeros((side, side, rgb.shape[2]))
+    else:
+        crop = np.zeros((side, side, rgb.shape[2]), dtype=rgb.dtype)
     height, width = rgb.shape[:2]
     x0, y0 = max(left, 0), max(top, 0)
     x1, y1 = min(left + side, width), min(top + side, height)

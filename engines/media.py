@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import av
 import av.error
@@ -42,6 +42,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from engines.errors import MediaError
 from engines.registry import Registry
+
+if TYPE_CHECKING:
+    import torch
 
 MediaSource = str | os.PathLike[str] | bytes
 
@@ -81,7 +84,7 @@ class MediaFacts:
 class SampledFrame:
     index: int
     pts_s: float | None
-    rgb: np.ndarray
+    rgb: np.ndarray | torch.Tensor  # H×W×3 uint8; a CUDA tensor when a GPU decoder (DALI) made it
 
 
 @dataclass(frozen=True)
@@ -450,6 +453,67 @@ def _first_rotation(container: av.container.InputContainer, stream: av.video.str
     return round(frame.rotation or 0) if frame is not None else 0
 
 
+@dataclass(frozen=True)
+class VideoTiming:
+    """What another decoder must know before it is trusted with a video, read by demuxing (no decode but one frame).
+
+    ``frame_times_s`` holds the presentation time of every timed packet of the first video stream, ascending;
+    it is empty for a still image and when the scan was skipped (a video longer than the caller's limit).
+    """
+
+    facts: MediaFacts
+    video_streams: int
+    pixel_format: str | None
+    rotation: int  # display rotation of the first frame, degrees counter-clockwise (as ``probe`` reads it)
+    start_s: float  # the stream's first timestamp: frame index 0 of the sampling rule
+    frame_times_s: tuple[float, ...]
+    untimed_packets: int = 0
+
+    def frames_in_order(self) -> bool:
+        """Whether the n-th frame in presentation order is frame n of the sampling rule (its timestamp index).
+
+        True of constant-frame-rate video without gaps: a decoder that counts frames then returns the frames
+        this module's decoder returns. Variable frame rate, dropped frames and missing timestamps make it false.
+        """
+        fps, times = self.facts.fps, self.frame_times_s
+        if not fps or not times or self.untimed_packets:
+            return False
+        return all(round((t - self.start_s) * fps) == i for i, t in enumerate(times))
+
+
+def probe_timing(source: MediaSource, max_duration_s: float | None = None) -> VideoTiming:
+    """``probe``'s facts plus the stream facts and packet timestamps a decoder router needs.
+
+    The packet scan reads the whole container without decoding; it is skipped (no ``frame_times_s``) for a video
+    whose declared duration exceeds ``max_duration_s``, or is unknown while a limit is set.
+    """
+    src = _source(source)
+    image = _open_image(src)
+    if image is not None:
+        with image:
+            return VideoTiming(_image_facts(image, src.size), 0, None, 0, 0.0, ())
+    with _open_video(src) as (container, stream):
+        rotation = _first_rotation(container, stream)
+        facts = _video_facts(src, container, rotation)
+        video_streams, pixel_format = len(container.streams.video), stream.codec_context.pix_fmt
+        start_s = float((stream.start_time or 0) * stream.time_base)
+    too_long = max_duration_s is not None and (facts.duration_s is None or facts.duration_s > max_duration_s)
+    times, untimed = ((), 0) if too_long else _packet_times(src)
+    return VideoTiming(facts, video_streams, pixel_format, rotation, start_s, times, untimed)
+
+
+def _packet_times(src: _Source) -> tuple[tuple[float, ...], int]:
+    """Presentation times of the first video stream's packets, ascending, and how many packets had none."""
+    with _open_video(src) as (container, stream):
+        try:
+            pts = [packet.pts for packet in container.demux(stream) if packet.size]
+        except av.error.FFmpegError as e:
+            raise MediaError("corrupt_media", f"cannot demux the video stream: {e}") from e
+        time_base = stream.time_base
+    timed = sorted(float(p * time_base) for p in pts if p is not None)
+    return tuple(timed), len(pts) - len(timed)
+
+
 @DECODERS.register("pyav")
 def decode_sampled(source: MediaSource, n_frames: int = 32, *, seek_min_gap: int = SEEK_MIN_GAP_FRAMES) -> DecodedMedia:
     """Decode ``n_frames`` evenly spaced frames (one for an image), upright RGB, holding no others.
@@ -521,3 +585,7 @@ def _check_frame(rgb: np.ndarray, size: tuple[int, int] | None) -> tuple[int, in
     if size is not None and (height, width) != size:
         raise ValueError(f"frame size changed from {size[1]}x{size[0]} to {width}x{height}")
     return height, width
+
+
+# The "dali" and "auto" decoders register themselves; nothing GPU-related is imported until one is used.
+from engines import dali  # noqa: E402, F401

@@ -73,10 +73,22 @@ def preprocess_image(rgb: np.ndarray | torch.Tensor, contract: InputContract) ->
     return (chw - mean) / std
 
 
-def preprocess_batch(images: Sequence[np.ndarray | torch.Tensor], contract: InputContract) -> np.ndarray:
-    """A batch of RGB images of any sizes → contiguous float32 NCHW array for an engine."""
+def preprocess_batch(images: Sequence[np.ndarray | torch.Tensor], contract: InputContract) -> np.ndarray | torch.Tensor:
+    """A batch of RGB images of any sizes → contiguous float32 NCHW batch for an engine.
+
+    Host images (numpy arrays, CPU tensors) give a numpy array; images on a device (CUDA tensors from the GPU
+    decoder) give a tensor on that device, so the engine takes them without a trip through host memory.
+    The maths is ``preprocess_image``'s either way.
+    """
     if not images:
         return np.zeros((0, 3, contract.size, contract.size), dtype=np.float32)
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: a device batch leaves this function as an ordinary tensor
         batch = torch.stack([preprocess_image(img, contract) for img in images])
-    return np.ascontiguousarray(batch.cpu().numpy(), dtype=np.float32)
+    if on_device(images[0]):
+        return batch.contiguous()
+    return np.ascontiguousarray(batch.numpy(), dtype=np.float32)
+
+
+def on_device(image: np.ndarray | torch.Tensor) -> bool:
+    """Whether an image lives on an accelerator (a non-CPU torch tensor) rather than in host memory."""
+    return isinstance(image, torch.Tensor) and image.device.type != "cpu"

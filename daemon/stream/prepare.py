@@ -57,7 +57,7 @@ def prepare_message(envelope: Envelope, context: PrepareContext, detectors: Face
     config = _job_config(job, context.config)
     if stored is not None:
         return Work(envelope, job.job_id, config, stored_id=stored)
-    if job.options.masks:
+    if job.options.masks and engine.manifest.outputs.mask_logits is None:
         log.warning("masks_not_available", job_id=job.job_id, engine=engine.manifest.name)
     started = time.perf_counter()
     try:
@@ -83,7 +83,9 @@ def _stored_id(job_id: str, engine: LoadedEngine, context: PrepareContext) -> in
 
 
 def _job_config(job: JobV1, config: JudgeConfig) -> JudgeConfig:
-    return config if job.options.frames is None else replace(config, frames_per_video=job.options.frames)
+    """The daemon's judge settings with the job's own options: frames to sample, masks wanted."""
+    frames = config.frames_per_video if job.options.frames is None else job.options.frames
+    return replace(config, frames_per_video=frames, masks=config.masks or job.options.masks)
 
 
 def _invalid(envelope: Envelope, error: InvalidJob, context: PrepareContext, engine: LoadedEngine) -> Work:

@@ -31,8 +31,8 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
 from daemon import notify
 from daemon.engine_watch import EngineWatcher, FaceDetectors
-from daemon.pipeline import JudgeConfig
 from daemon.repository import VerdictRepository
+from daemon.runtime import judge_config
 from daemon.settings import Settings
 from daemon.stream.batching import MicroBatcher, batch_worker
 from daemon.stream.consumer import COMMIT_TIMEOUT_MS, PartitionListener, kafka_call, make_consumer, to_offsets
@@ -99,6 +99,7 @@ class Services:
     health: Health
     metrics: StreamMetrics
     lifecycle: Lifecycle
+    decoder: str = "pyav"  # the settings' decoder with auto resolved (daemon.runtime.start_decoder)
 
 
 class StreamDaemon:
@@ -315,7 +316,7 @@ class StreamDaemon:
         s, lifecycle = self.services, self.services.lifecycle
         prepare_context = PrepareContext(
             engines=s.engines.current,
-            config=judge_config(self.settings),
+            config=judge_config(self.settings, s.decoder),
             policy=fetch_policy(self.settings),
             repository=s.repository,
             watch=self.watch,
@@ -421,16 +422,6 @@ def watch_database(repository: VerdictRepository, watch: Watch, stop: threading.
             watch.dependency_failed("database", str(e))
             continue
         watch.dependency_ok("database")
-
-
-def judge_config(settings: Settings) -> JudgeConfig:
-    return JudgeConfig(
-        frames_per_video=settings.frames_per_video,
-        rule=settings.aggregation_rule,
-        min_track_fraction=settings.min_track_fraction,
-        decoder="pyav" if settings.decoder == "auto" else settings.decoder,
-        max_media_bytes=settings.max_media_bytes,
-    )
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:

@@ -14,13 +14,14 @@ from daemon import notify
 from daemon.db import make_engine, require_current_schema
 from daemon.engine_watch import EngineWatcher
 from daemon.repository import VerdictRepository
+from daemon.runtime import engine_loader, start_decoder
 from daemon.settings import Settings
 from daemon.stream.consumer import kafka_call, make_producer
 from daemon.stream.health import Health, HealthServer
 from daemon.stream.metrics import StreamMetrics
 from daemon.stream.retry import Abandoned, DependencyWatch, retry_forever
 from daemon.stream.runner import Lifecycle, Services, StreamDaemon, Watch
-from engines.backends import LoadedEngine, load_engine
+from engines.backends import LoadedEngine
 from engines.errors import DeepsiftError
 from engines.store import EngineStore
 
@@ -54,7 +55,7 @@ def start_services(settings: Settings, health: Health, metrics: StreamMetrics, l
     engines = EngineWatcher(
         EngineStore(settings.engine_store),
         settings.engine_name,
-        load=lambda path: load_engine(path, threads=settings.inference_threads),
+        load=engine_loader(settings),
         on_ready=lambda engine, replacing: announce_engine(
             engine, replacing, repository, metrics, watch, lifecycle.stopping
         ),
@@ -69,7 +70,12 @@ def start_services(settings: Settings, health: Health, metrics: StreamMetrics, l
     except BaseException:
         engines.stop()
         raise
-    return Services(settings, engines, repository, producer, health, metrics, lifecycle)
+    try:
+        decoder = start_decoder(settings)
+    except BaseException:
+        engines.stop()
+        raise
+    return Services(settings, engines, repository, producer, health, metrics, lifecycle, decoder)
 
 
 def run_stream(settings: Settings) -> int:

@@ -210,3 +210,52 @@ def test_the_contract_rejects_unknown_keys_and_bad_values() -> None:
         InputContract(size=SIZE, resize_mode="stretch")
     with pytest.raises(ValidationError):
         InputContract(size=0)
+
+
+# --- tensors: the GPU path's code, run on CPU --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["squash", "shorter_center_crop", "longest_pad"])
+def test_cpu_tensors_give_the_numpy_batch_bit_for_bit(bands: np.ndarray, mode: str) -> None:
+    # Given the same images as numpy arrays and as CPU tensors, when each list is batched
+    c = contract(resize_mode=mode, mean=IMAGENET_MEAN, std=IMAGENET_STD, color_order="BGR")
+    images = [bands, np.ascontiguousarray(bands[::2, ::-1])]
+    from_numpy = preprocess_batch(images, c)
+    from_tensors = preprocess_batch([torch.from_numpy(image) for image in images], c)
+    # Then both are the same numpy array: host input gives host output, whatever its type
+    assert isinstance(from_tensors, np.ndarray)
+    np.testing.assert_array_equal(from_tensors, from_numpy)
+
+
+def test_device_tensors_give_a_batch_on_their_device(bands: np.ndarray) -> None:
+    # Given frames on a device that is not the CPU ("meta": shapes without data, standing in for CUDA here)
+    frames = [torch.from_numpy(bands).to("meta"), torch.zeros(50, 30, 3, dtype=torch.uint8, device="meta")]
+    # When they are batched, then the batch stays on that device as one float32 N×3×S×S tensor
+    batch = preprocess_batch(frames, contract(resize_mode="longest_pad"))
+    assert isinstance(batch, torch.Tensor) and batch.device.type == "meta"
+    assert batch.shape == (2, 3, SIZE, SIZE) and batch.dtype == torch.float32 and batch.is_contiguous()
+
+
+def test_square_crop_of_a_tensor_equals_the_numpy_crop_and_stays_on_its_device(bands: np.ndarray) -> None:
+    from engines.faces import FaceBox, square_crop
+
+    # Given a box reaching past the top-left corner, so the crop is partly black padding
+    box = FaceBox(-10.0, -5.0, 40.0, 60.0, 0.99)
+    crop = square_crop(torch.from_numpy(bands), box, 0.3)
+    # Then the tensor crop holds the numpy crop's pixels, and a device frame gives a crop on the device
+    assert isinstance(crop, torch.Tensor)
+    np.testing.assert_array_equal(crop.numpy(), square_crop(bands, box, 0.3))
+    assert square_crop(torch.from_numpy(bands).to("meta"), box, 0.3).device.type == "meta"
+
+
+def test_mtcnn_finds_the_same_faces_in_tensors_as_in_arrays() -> None:
+    from skimage import data
+
+    from engines.faces import MtcnnFaceDetector
+
+    # Given the astronaut portrait as a numpy array and as a tensor (the GPU decoder's frame type)
+    detector = MtcnnFaceDetector()
+    frame = data.astronaut()
+    # When both are searched for faces, then the same single face comes back
+    from_array, from_tensor = detector.detect([frame, frame]), detector.detect([torch.from_numpy(frame)] * 2)
+    assert len(from_array[0]) == 1 and from_tensor == from_array

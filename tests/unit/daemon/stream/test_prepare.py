@@ -101,6 +101,11 @@ def test_the_job_may_ask_for_its_own_number_of_frames(prepare, media):
     assert work.frames == 3 and work.config.frames_per_video == 3
 
 
+def test_a_job_asking_for_masks_gets_them_in_its_judge_settings_only(prepare, media):
+    assert prepare(_job(media, "a.png", masks=True)).config.masks is True
+    assert prepare(_job(media, "a.png")).config.masks is False
+
+
 def test_an_invalid_message_is_an_error_under_an_id_from_its_position(prepare):
     work = prepare(b"{oops")
     assert work.job_id == "invalid:jobs:0:7"

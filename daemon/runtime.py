@@ -1,0 +1,48 @@
+"""What ``daemon scan`` and ``daemon run`` set up alike from the settings: the judge configuration, the
+decoder (DALI's isolated worker started up front when it is chosen, so a broken GPU set-up fails at start,
+not on the first video) and how engines are loaded (threads, device)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from daemon.pipeline import JudgeConfig
+from daemon.settings import Settings
+from engines.backends import BackendOptions, LoadedEngine, load_engine
+
+log = structlog.get_logger(__name__)
+
+
+def start_decoder(settings: Settings) -> str:
+    """The decoder to use (``auto`` resolved); starts the DALI worker when that is DALI."""
+    from engines.dali import DaliSettings, choose_decoder, configure_dali, dali_missing
+
+    chosen = choose_decoder(settings.decoder, settings.device)
+    if chosen == "dali":
+        device = settings.device if settings.device.startswith("cuda") else "cuda:0"
+        dali = DaliSettings(
+            device=device, timeout_s=settings.dali_timeout_s, max_duration_s=settings.dali_max_duration_s
+        )
+        configure_dali(dali).worker.start()
+    elif settings.decoder == "auto":
+        log.info("decoder_chosen", decoder=chosen, why_not_dali=dali_missing(settings.device))
+    return chosen
+
+
+def judge_config(settings: Settings, decoder: str) -> JudgeConfig:
+    return JudgeConfig(
+        frames_per_video=settings.frames_per_video,
+        rule=settings.aggregation_rule,
+        min_track_fraction=settings.min_track_fraction,
+        decoder=decoder,
+        max_media_bytes=settings.max_media_bytes,
+        masks=settings.masks,
+    )
+
+
+def engine_loader(settings: Settings) -> Callable[[Path], LoadedEngine]:
+    options = BackendOptions(threads=settings.inference_threads, device=settings.device)
+    return lambda path: load_engine(path, options=options)

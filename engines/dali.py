@@ -1,0 +1,515 @@
+"""GPU decode with NVIDIA DALI: routed by a PyAV probe, contained in a worker process, PyAV as the fallback.
+
+Routing: every input is probed with PyAV first (``probe_timing``: codec, frame timing, stream count, still
+image or video). DALI gets only what it decodes the same way PyAV does: one video stream, a codec in
+``DALI_CODECS``, 8-bit 4:2:0 pixels, constant frame rate with every frame timed in order (then frame n of
+PyAV's timestamp rule is DALI's n-th frame), a declared frame count that the packets confirm, and a duration
+within ``max_duration_s`` (DALI indexes the whole file and has been slow on very long ones). Everything else
+goes to PyAV, and ``DecodedMedia.fallback_reason`` says why: ``image``, ``codec:mpeg4``,
+``variable_frame_rate``, ``video_streams:2``, ``pixel_format:yuv420p10le``, ``too_long``, ``no_frames``,
+``frame_count_mismatch``, ``probe_error:<media error code>``, or a worker failure below.
+
+Decoding: DALI's video decoder (``fn.decoders.video``, mixed backend) takes the encoded bytes from memory and
+a ``frames`` list — exactly the indices ``sample_frame_indices`` picks for PyAV — and decodes only what it needs
+to reach them (seeking by keyframe with its index), so no contiguous span is decoded beyond that.
+
+Isolation: DALI can crash or hang on bad input (its issues #5489, #2919, #4003), so it runs in one spawned,
+long-lived worker process per daemon (``IsolatedDecoder``). A video whose worker dies becomes that video's
+PyAV fallback with reason ``dali_crashed``; one that takes longer than ``timeout_s`` is ``dali_timeout`` (the
+worker is killed); an exception inside the worker is ``dali_error`` (the worker lives on); a worker that cannot
+start (no GPU, DALI missing) is ``dali_start_failed``. The next video starts a fresh worker. If PyAV fails
+too, its ``MediaError`` becomes the job's error verdict; nothing here fails a batch or the daemon.
+
+Frame hand-off: through host shared memory, not CUDA IPC. The worker copies DALI's frames into a
+shared-memory segment the parent owns; the parent uploads them to its GPU (one host→device copy, ~8 ms
+for 32 1080p frames over PCIe 4). CUDA IPC would save that copy and the device→host one in the worker,
+but a tensor shared by IPC lives in the worker's CUDA context: when the worker crashes or is killed on a
+timeout, the parent's tensors point at freed memory, which is the failure this design must contain; and
+DALI reuses its output buffers, so a copy is needed anyway. The encoded bytes travel the same segment.
+The segment lives in /dev/shm: containers need it sized for frames × height × width × 3 bytes plus the
+largest upload (Docker's default of 64 MiB is too small for 32 1080p frames, ~200 MB).
+
+Nothing heavy happens at import: ``nvidia.dali`` is imported only inside the worker (its bundled FFmpeg
+never meets PyAV's in one process) and torch only when frames go to a CUDA device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import logging
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from engines.errors import DeepsiftError, MediaError
+from engines.media import (
+    DECODERS,
+    DecodedMedia,
+    MediaSource,
+    SampledFrame,
+    VideoTiming,
+    decode_sampled,
+    probe_timing,
+    sample_frame_indices,
+)
+
+log = logging.getLogger(__name__)
+
+# Codecs DALI's mixed-backend video decoder takes to NVDEC on every GPU generation deepsift targets. DALI also
+# lists MPEG-4 Part 2, VP8 and MJPEG; those stay on PyAV until a GPU check proves them against it.
+DALI_CODECS = frozenset({"h264", "hevc", "vp9", "av1"})
+# 8-bit 4:2:0 limited range: what DALI's YUV→RGB conversion is checked against PyAV's for (tests/gpu).
+DALI_PIXEL_FORMATS = frozenset({"yuv420p"})
+
+
+@dataclass(frozen=True)
+class DaliSettings:
+    device: str = "cuda:0"  # where decoded frames are handed over; "cpu" keeps them as numpy (tests, no GPU)
+    timeout_s: float = 30.0  # one video's decode in the worker, after which the worker is killed
+    start_timeout_s: float = 120.0  # spawn, DALI import and pipeline build
+    max_duration_s: float = 1800.0  # longer videos go to PyAV's seeking decoder
+    codecs: frozenset[str] = DALI_CODECS
+
+
+class DecoderFailure(DeepsiftError):
+    """The DALI worker could not decode one video; ``reason`` becomes the video's fallback reason."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# --- choosing a decoder ---------------------------------------------------------------------------
+
+
+def choose_decoder(requested: str, device: str = "auto") -> str:
+    """The decoder to run for setting ``requested`` on ``device`` ("auto", "cpu", "cuda", "cuda:N").
+
+    ``auto`` is ``dali`` when the device is CUDA (or auto with a GPU present) and DALI is installed, else
+    ``pyav``. An explicit ``dali`` that cannot run raises at start-up, naming what is missing.
+    """
+    if requested not in ("auto", "dali"):
+        DECODERS.get(requested)  # an unknown name raises, listing the registered ones
+        return requested
+    missing = dali_missing(device)
+    if missing is None:
+        return "dali"
+    if requested == "dali":
+        raise DeepsiftError(f"decoder 'dali' cannot run: {missing}")
+    return "pyav"
+
+
+def dali_missing(device: str) -> str | None:
+    """What stops DALI from running on ``device``, or None (a line for start-up logs and benchmarks)."""
+    if device != "auto" and not device.startswith("cuda"):
+        return f"device {device!r} is not a CUDA device"
+    if not _cuda_available():
+        return "no CUDA device is available"
+    if not _dali_installed():
+        return "nvidia.dali is not installed (the 'gpu' extra: pip install 'deepsift[gpu]')"
+    return None
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _dali_installed() -> bool:
+    """Whether nvidia.dali can be found; it is imported only in the worker, which reports a failed import."""
+    try:
+        return importlib.util.find_spec("nvidia.dali") is not None
+    except (ImportError, ValueError):  # no "nvidia" namespace at all
+        return False
+
+
+# --- routing ----------------------------------------------------------------------------------------
+
+
+def route(timing: VideoTiming, settings: DaliSettings) -> str | None:
+    """Why this media must go to PyAV instead of DALI (a fallback reason), or None when DALI may decode it."""
+    facts = timing.facts
+    if facts.media_type != "video":
+        return facts.media_type
+    if facts.codec not in settings.codecs:
+        return f"codec:{facts.codec}"
+    if timing.video_streams != 1:
+        return f"video_streams:{timing.video_streams}"
+    if facts.duration_s is None or facts.duration_s > settings.max_duration_s:
+        return "too_long"
+    if not timing.frame_times_s:
+        return "no_frames"
+    if not timing.frames_in_order():
+        return "variable_frame_rate"
+    if facts.frame_count != len(timing.frame_times_s):
+        return "frame_count_mismatch"  # a truncated file, or a container whose declaration is off
+    if timing.pixel_format not in DALI_PIXEL_FORMATS:
+        return f"pixel_format:{timing.pixel_format}"  # None: FFmpeg could not read the stream's parameters
+    return None
+
+
+def route_media(source: MediaSource, settings: DaliSettings) -> tuple[VideoTiming | None, str | None]:
+    """Probe ``source`` with PyAV and route it; media PyAV cannot probe goes to PyAV, which reports it."""
+    try:
+        timing = probe_timing(source, max_duration_s=settings.max_duration_s)
+    except MediaError as e:
+        return None, f"probe_error:{e.code}"
+    return timing, route(timing, settings)
+
+
+# --- the worker process -----------------------------------------------------------------------------
+
+
+class FrameDecoder(Protocol):
+    def __call__(self, encoded: np.ndarray, frames: Sequence[int], out: np.ndarray) -> None:
+        """Decode ``frames`` (indices) of the encoded video (uint8, 1-D) into ``out`` (F×H×W×3 uint8 RGB)."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Request:
+    seq: int
+    segment: str  # shared memory: the encoded bytes at 0, the frames at ``frames_offset``
+    encoded_bytes: int
+    frames: tuple[int, ...]
+    shape: tuple[int, int, int, int]
+    frames_offset: int
+
+
+def _worker_main(conn: Connection, make_decoder: Callable[[], FrameDecoder]) -> None:
+    """The worker's loop: build the decoder, say ready, then decode one request at a time until told to stop."""
+    try:
+        decode = make_decoder()
+    except BaseException as e:
+        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready", os.getpid()))
+    segment: SharedMemory | None = None
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if request is None:
+            return
+        try:
+            if segment is None or segment.name != request.segment:
+                _close_segment(segment)
+                segment = SharedMemory(name=request.segment)
+            _decode_request(decode, segment, request)
+            conn.send((request.seq, "ok", ""))
+        except Exception as e:
+            conn.send((request.seq, "error", f"{type(e).__name__}: {e}"))
+
+
+def _decode_request(decode: FrameDecoder, segment: SharedMemory, request: _Request) -> None:
+    encoded = np.ndarray((request.encoded_bytes,), np.uint8, buffer=segment.buf)
+    out = np.ndarray(request.shape, np.uint8, buffer=segment.buf, offset=request.frames_offset)
+    try:
+        decode(encoded, request.frames, out)
+    finally:
+        del encoded, out  # views must go before the segment can close
+
+
+def _close_segment(segment: SharedMemory | None) -> None:
+    if segment is None:
+        return
+    with contextlib.suppress(BufferError):  # a view is still alive somewhere; the mapping goes with the process
+        segment.close()
+
+
+class IsolatedDecoder:
+    """A long-lived spawned worker that decodes frames with ``make_decoder()``; it is restarted after it dies.
+
+    ``decode`` raises ``DecoderFailure`` with reason ``dali_crashed``, ``dali_timeout``, ``dali_error`` or
+    ``dali_start_failed``; it never lets a worker failure escape as anything else. Calls are serialised.
+    """
+
+    def __init__(
+        self,
+        make_decoder: Callable[[], FrameDecoder],
+        timeout_s: float = 30.0,
+        start_timeout_s: float = 120.0,
+        start_backoff_s: float = 60.0,
+    ) -> None:
+        self.make_decoder = make_decoder
+        self.timeout_s = timeout_s
+        self.start_timeout_s = start_timeout_s
+        self.start_backoff_s = start_backoff_s  # after a failed start, videos go straight to PyAV this long
+        self.starts = 0
+        self._no_start_until = 0.0
+        self._lock = threading.Lock()
+        self._process: Any = None
+        self._conn: Connection | None = None
+        self._segment: SharedMemory | None = None
+        self._seq = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None and self._process.is_alive() else None
+
+    def start(self) -> None:
+        """Start the worker now (else the first ``decode`` does), raising ``DecoderFailure`` if it cannot."""
+        with self._lock:
+            self._ensure_started()
+
+    def decode(
+        self, encoded: bytes, frames: Sequence[int], shape: tuple[int, int, int, int], take: Callable[[np.ndarray], Any]
+    ) -> Any:
+        """``take(frames_array)`` of the decoded F×H×W×3 frames; the array is valid only during ``take``."""
+        with self._lock:
+            self._ensure_started()
+            frames_offset = -(-len(encoded) // 64) * 64
+            segment = self._segment_of(frames_offset + int(np.prod(shape)))
+            segment.buf[: len(encoded)] = encoded
+            self._seq += 1
+            self._send(_Request(self._seq, segment.name, len(encoded), tuple(frames), shape, frames_offset))
+            self._await(self._seq)
+            view = np.ndarray(shape, np.uint8, buffer=segment.buf, offset=frames_offset)
+            try:
+                return take(view)
+            finally:
+                del view
+
+    def close(self) -> None:
+        """Stop the worker and free the shared memory."""
+        with self._lock:
+            self._stop(graceful=True)
+            if self._segment is not None:
+                _close_segment(self._segment)
+                self._segment.unlink()
+                self._segment = None
+
+    def _ensure_started(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            return
+        self._stop()
+        if time.monotonic() < self._no_start_until:
+            raise DecoderFailure("dali_start_failed", "the worker failed to start recently; not retrying yet")
+        try:
+            self._spawn()
+        except DecoderFailure:
+            self._no_start_until = time.monotonic() + self.start_backoff_s
+            raise
+
+    def _spawn(self) -> None:
+        context = multiprocessing.get_context("spawn")  # never fork: CUDA and DALI's threads do not survive it
+        parent, child = context.Pipe()
+        process = context.Process(target=_worker_main, args=(child, self.make_decoder), daemon=True)
+        process.name = "deepsift-decode-worker"
+        process.start()
+        child.close()  # only the worker holds this end: its death is an EOF here
+        self._process, self._conn = process, parent
+        self.starts += 1
+        message = self._receive(self.start_timeout_s, "dali_start_failed")
+        if message[0] != "ready":
+            self._stop()
+            raise DecoderFailure("dali_start_failed", str(message[1]))
+        log.info("decode worker %s started (start %d)", process.pid, self.starts)
+
+    def _segment_of(self, size: int) -> SharedMemory:
+        """The shared segment, grown (replaced) when a video needs more room than it has."""
+        if self._segment is None or self._segment.size < size:
+            if self._segment is not None:
+                _close_segment(self._segment)
+                self._segment.unlink()
+            self._segment = SharedMemory(create=True, size=max(size, 1 << 20))
+        return self._segment
+
+    def _send(self, request: _Request) -> None:
+        try:
+            self._conn.send(request)  # type: ignore[union-attr]
+        except OSError as e:  # the worker died between videos
+            self._stop()
+            raise DecoderFailure("dali_crashed", f"the worker's pipe is closed: {e}") from e
+
+    def _await(self, seq: int) -> None:
+        while True:
+            message = self._receive(self.timeout_s, "dali_timeout")
+            if message[0] != seq:  # a reply to a request that was given up on; cannot happen after a kill
+                continue
+            if message[1] == "error":
+                raise DecoderFailure("dali_error", message[2])
+            return
+
+    def _receive(self, timeout_s: float, on_timeout: str) -> tuple[Any, ...]:
+        """The worker's next message; a dead worker is ``dali_crashed`` (or ``dali_start_failed``)."""
+        starting = on_timeout == "dali_start_failed"
+        conn = self._conn
+        if not conn.poll(timeout_s):  # type: ignore[union-attr]
+            pid = self._process.pid
+            self._stop()
+            log.warning("decode worker %s killed after %.1f s without an answer", pid, timeout_s)
+            raise DecoderFailure(on_timeout, f"no answer within {timeout_s:g} s")
+        try:
+            return conn.recv()  # type: ignore[union-attr]
+        except (EOFError, OSError) as e:
+            exitcode = self._stop()
+            log.warning("decode worker died with exit code %s", exitcode)
+            raise DecoderFailure("dali_start_failed" if starting else "dali_crashed", f"exit code {exitcode}") from e
+
+    def _stop(self, graceful: bool = False) -> int | None:
+        """Stop the worker (kill it unless ``graceful``) and return its exit code."""
+        process, conn = self._process, self._conn
+        self._process = self._conn = None
+        if conn is not None:
+            if graceful:
+                with contextlib.suppress(OSError):  # already gone
+                    conn.send(None)
+            conn.close()
+        if process is None:
+            return None
+        if graceful:
+            process.join(5.0)
+        if process.is_alive():
+            process.kill()
+        process.join(5.0)
+        return process.exitcode
+
+
+# --- DALI inside the worker -------------------------------------------------------------------------
+
+
+class DaliFrameDecoder:
+    """The worker's DALI pipeline: encoded bytes and frame indices in, RGB frames out (``FrameDecoder``)."""
+
+    def __init__(self, device_id: int) -> None:
+        from nvidia.dali import fn, pipeline_def, types
+
+        video = fn.decoders.video if hasattr(fn, "decoders") and hasattr(fn.decoders, "video") else None
+        video = video or fn.experimental.decoders.video  # DALI before 2.0
+
+        @pipeline_def(batch_size=1, num_threads=2, device_id=device_id, prefetch_queue_depth=1)
+        def frames_pipeline() -> Any:
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+            indices = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+            return video(encoded, device="mixed", frames=indices)
+
+        self._pipeline = frames_pipeline()
+        self._pipeline.build()
+
+    def __call__(self, encoded: np.ndarray, frames: Sequence[int], out: np.ndarray) -> None:
+        self._pipeline.feed_input("encoded", [encoded])
+        self._pipeline.feed_input("frames", [np.asarray(frames, np.int32)])
+        (decoded,) = self._pipeline.run()
+        host = decoded.as_cpu().as_array()[0]
+        if host.shape != out.shape:
+            raise ValueError(f"DALI returned frames of shape {host.shape}, the probe expects {out.shape}")
+        np.copyto(out, host)
+
+
+def dali_frame_decoder(device_id: int = 0) -> FrameDecoder:
+    """The worker's default decoder factory (runs in the worker, where DALI is imported)."""
+    return DaliFrameDecoder(device_id)
+
+
+# --- the registered decoders --------------------------------------------------------------------------
+
+
+class DaliDecoder:
+    """The ``dali`` decoder: routes each input, decodes in the isolated worker, falls back to PyAV with a reason."""
+
+    def __init__(self, settings: DaliSettings | None = None, make_decoder: Callable[[], FrameDecoder] | None = None):
+        self.settings = settings or DaliSettings()
+        factory = make_decoder or functools.partial(dali_frame_decoder, _device_index(self.settings.device))
+        self.worker = IsolatedDecoder(factory, self.settings.timeout_s, self.settings.start_timeout_s)
+
+    def __call__(self, source: MediaSource, n_frames: int = 32) -> DecodedMedia:
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        timing, reason = route_media(source, self.settings)
+        if reason is None and timing is not None:
+            try:
+                return self._decode(source, timing, n_frames)
+            except DecoderFailure as e:
+                reason = e.reason
+                log.warning("DALI failed on a video, PyAV decodes it: %s", e)
+        return replace(decode_sampled(source, n_frames), fallback_reason=reason)
+
+    def close(self) -> None:
+        self.worker.close()
+
+    def _decode(self, source: MediaSource, timing: VideoTiming, n_frames: int) -> DecodedMedia:
+        facts = timing.facts
+        targets = sample_frame_indices(facts.frame_count, n_frames)  # type: ignore[arg-type]
+        width, height = (facts.height, facts.width) if timing.rotation % 180 else (facts.width, facts.height)
+        encoded = bytes(source) if isinstance(source, bytes | bytearray | memoryview) else Path(source).read_bytes()
+        frames = self.worker.decode(encoded, targets, (len(targets), height, width, 3), self._take)
+        quarter_turns = round(timing.rotation / 90) % 4
+        sampled = tuple(
+            SampledFrame(index, timing.frame_times_s[index], _upright(frame, quarter_turns))
+            for index, frame in zip(targets, frames, strict=True)
+        )
+        return DecodedMedia(facts, sampled, decoder="dali")
+
+    def _take(self, frames: np.ndarray) -> Any:
+        """Copy the worker's frames out of shared memory: onto the GPU, or into host memory on "cpu"."""
+        if self.settings.device == "cpu":
+            return frames.copy()
+        import torch
+
+        return torch.from_numpy(frames).to(self.settings.device)
+
+
+def _upright(frame: Any, quarter_turns: int) -> Any:
+    """The display rotation applied, as PyAV's decoder applies it (numpy and torch rotate alike)."""
+    if not quarter_turns:
+        return frame
+    if isinstance(frame, np.ndarray):
+        return np.ascontiguousarray(np.rot90(frame, k=quarter_turns))
+    return frame.rot90(quarter_turns, (0, 1)).contiguous()
+
+
+def _device_index(device: str) -> int:
+    return int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+
+
+_default_lock = threading.Lock()
+_default: DaliDecoder | None = None
+_auto_choice: str | None = None
+
+
+def configure_dali(settings: DaliSettings) -> DaliDecoder:
+    """Set the process-wide DALI decoder's settings (the daemon calls this once at start-up)."""
+    global _default
+    with _default_lock:
+        if _default is not None:
+            _default.close()
+        _default = DaliDecoder(settings)
+        return _default
+
+
+def _default_decoder() -> DaliDecoder:
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = DaliDecoder()
+        return _default
+
+
+@DECODERS.register("dali")
+def decode_dali(source: MediaSource, n_frames: int = 32) -> DecodedMedia:
+    """Sampled frames decoded by DALI on the GPU as CUDA tensors, or by PyAV with the reason DALI was passed over."""
+    return _default_decoder()(source, n_frames)
+
+
+@DECODERS.register("auto")
+def decode_auto(source: MediaSource, n_frames: int = 32) -> DecodedMedia:
+    """``dali`` where a GPU and DALI are present, else exactly ``pyav`` (chosen once per process)."""
+    global _auto_choice
+    if _auto_choice is None:
+        _auto_choice = choose_decoder("auto", "auto")
+    return DECODERS.get(_auto_choice)(source, n_frames)

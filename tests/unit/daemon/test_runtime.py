@@ -1,0 +1,23 @@
+"""Start-up choices shared by `daemon scan` and `daemon run`: the decoder and the judge settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from daemon.runtime import judge_config, start_decoder
+from daemon.settings import Settings
+from engines.errors import DeepsiftError
+
+
+def test_auto_on_a_cpu_device_decodes_with_pyav() -> None:
+    assert start_decoder(Settings(decoder="auto", device="cpu")) == "pyav"
+
+
+def test_an_explicit_dali_decoder_that_cannot_run_fails_at_start_up_naming_why() -> None:
+    with pytest.raises(DeepsiftError, match="dali.*not a CUDA device"):
+        start_decoder(Settings(decoder="dali", device="cpu"))
+
+
+def test_the_judge_settings_carry_the_chosen_decoder_and_the_masks_setting() -> None:
+    config = judge_config(Settings(frames_per_video=7, masks=True, aggregation="topk:0.5"), "pyav")
+    assert (config.decoder, config.frames_per_video, config.masks, str(config.rule)) == ("pyav", 7, True, "topk:0.5")
