@@ -14,7 +14,7 @@ def test_auto_on_a_cpu_device_decodes_with_pyav() -> None:
 
 
 def test_an_explicit_dali_decoder_that_cannot_run_fails_at_start_up_naming_why() -> None:
-    with pytest.raises(DeepsiftError, match="dali.*not a CUDA device"):
+    with pytest.raises(DeepsiftError, match=r"dali.*not a CUDA device"):
         start_decoder(Settings(decoder="dali", device="cpu"))
 
 
