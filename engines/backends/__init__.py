@@ -115,4 +115,4 @@ def load_engine(
 
 
 # Backends register themselves on import; their runtimes load lazily, so this import stays cheap.
-from engines.backends import ort  # noqa: E402, F401
+from engines.backends import ort, tensorrt, torch_backend  # noqa: E402, F401

@@ -72,9 +72,7 @@ class Sd2Detector(nn.Module):
         return self.clip.encode_text(tokens.to(self.simple_label_tokens.device))
 
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        found = self.clip.visual.forward_intermediates(pixels, output_fmt="NLC", output_extra_tokens=True)
-        cls_tokens = torch.cat(found["image_intermediates_prefix"], dim=1)  # (N, layers, width)
-        return self.clam(cls_tokens, found["image_features"])
+        return clam_image_features(self.clip.visual, self.clam, pixels)
 
     def sample_label_tokens(self, generator: torch.Generator) -> torch.Tensor:
         """One label per class, drawn at random (once per batch, §4.2)."""
@@ -82,12 +80,57 @@ class Sd2Detector(nn.Module):
         return torch.cat(picks)
 
     def class_logits(self, image_features: torch.Tensor, label_features: torch.Tensor) -> torch.Tensor:
-        cosine = F.normalize(image_features, dim=-1) @ F.normalize(label_features, dim=-1).T
-        return self.logit_scale.exp() * cosine
+        return scaled_cosine(self.logit_scale, image_features, label_features)
 
     def outputs(self, pixels: torch.Tensor) -> DetectorOutput:
         features = self.image_features(pixels)
         logits = self.class_logits(features, self.encode_text(self.simple_label_tokens))
+        return DetectorOutput(
+            fake_logit=fake_logit_from_class_logits(logits, self.real_index),
+            class_logits=logits,
+            image_features=features,
+        )
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.outputs(pixels).fake_logit
+
+    def for_export(self) -> Sd2Inference:
+        """The inference form, without the text tower: what an engine export traces. Call it in eval mode (the
+        text tower's LoRA dropout would otherwise reach the folded label features)."""
+        return Sd2Inference(self)
+
+
+def clam_image_features(visual: nn.Module, clam: Clam, pixels: torch.Tensor) -> torch.Tensor:
+    """f: the CLAM over the per-layer CLS tokens of the image tower and its final embedding."""
+    found = visual.forward_intermediates(pixels, output_fmt="NLC", output_extra_tokens=True)
+    cls_tokens = torch.cat(found["image_intermediates_prefix"], dim=1)  # (N, layers, width)
+    return clam(cls_tokens, found["image_features"])
+
+
+def scaled_cosine(
+    logit_scale: torch.Tensor, image_features: torch.Tensor, label_features: torch.Tensor
+) -> torch.Tensor:
+    """τ·cos(f, u_c) for every image and label."""
+    cosine = F.normalize(image_features, dim=-1) @ F.normalize(label_features, dim=-1).T
+    return logit_scale.exp() * cosine
+
+
+class Sd2Inference(nn.Module):
+    """SD² at inference: the simple labels never change, so their text features are computed once and kept as a
+    constant buffer. It shares the detector's image tower, CLAM and τ, and holds no text tower, so an exported
+    graph carries none."""
+
+    def __init__(self, detector: Sd2Detector) -> None:
+        super().__init__()
+        self.visual, self.clam, self.logit_scale = detector.clip.visual, detector.clam, detector.logit_scale
+        self.real_index = detector.real_index
+        with torch.no_grad():
+            label_features = detector.encode_text(detector.simple_label_tokens)
+        self.register_buffer("label_features", label_features.detach().clone())
+
+    def outputs(self, pixels: torch.Tensor) -> DetectorOutput:
+        features = clam_image_features(self.visual, self.clam, pixels)
+        logits = scaled_cosine(self.logit_scale, features, self.label_features)
         return DetectorOutput(
             fake_logit=fake_logit_from_class_logits(logits, self.real_index),
             class_logits=logits,
