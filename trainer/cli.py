@@ -44,7 +44,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     from engines.models import build_detector
     from engines.recipes import load_recipe
     from engines.store import EngineStore
-    from trainer.build import build_onnx_engine
+    from trainer.build import build_engine
 
     overrides = {}
     if args.backbone_weights:
@@ -57,10 +57,32 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     elif not args.allow_untrained:
         raise DeepsiftError("no --checkpoint: the head would be untrained (--allow-untrained is for benchmarks)")
     evaluation = {} if args.checkpoint else {"untrained_head": 1}
-    manifest = build_onnx_engine(
-        model, recipe, EngineStore(args.engine_store), args.name, evaluation=evaluation, promote=not args.no_promote
-    )
-    print(f"engine {manifest.name} v{manifest.version} built from {recipe.name}")
+    manifest = build_engine(
+        model, recipe, EngineStore(args.engine_store), args.name, backend=args.backend, precision=args.precision,
+        evaluation=evaluation, promote=not args.no_promote, timing_cache=args.timing_cache,
+    )  # fmt: skip
+    print(f"engine {manifest.name} v{manifest.version} ({args.backend}, {args.precision}) built from {recipe.name}")
+    return 0
+
+
+def cmd_rebuild_engine(args: argparse.Namespace) -> int:
+    from engines.store import EngineStore
+    from trainer.rebuild import RebuildOptions, rebuild_engine
+
+    options = RebuildOptions(
+        recipe=args.recipe, name=args.name or args.recipe, runs=args.runs, run=args.run, data=args.data,
+        backend=args.backend, precision=args.precision, calibration=args.calibration, target_fpr=args.target_fpr,
+        metric=args.metric, max_metric_drop=args.max_metric_drop, promote=not args.no_promote, device=args.device,
+    )  # fmt: skip
+    result = rebuild_engine(EngineStore(args.engine_store), options)
+    manifest = result.manifest
+    if result.promoted:
+        print(f"engine {manifest.name} v{manifest.version} promoted")
+        return 0
+    if not result.gate.passed:
+        print(f"engine {manifest.name} v{manifest.version} NOT promoted: {result.gate.reason}", file=sys.stderr)
+        return 2
+    print(f"engine {manifest.name} v{manifest.version} stored, not promoted (--no-promote)")
     return 0
 
 
@@ -113,7 +135,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     options = FitOptions(
         out=args.out, epochs=args.epochs, max_steps=args.max_steps, eval_every=args.eval_every,
         time_budget_s=args.time_budget, seed=args.seed, workers=args.workers, resume=args.resume,
-        progress=not args.no_progress, device=args.device,
+        progress=not args.no_progress, device=args.device, data=args.data,
     )  # fmt: skip
     result = fit(recipe, model, dataset_for(args.data, "train", recipe), dataset_for(args.data, "val", recipe), options)
     print(
@@ -196,14 +218,37 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="rebuild even if a current demo engine exists")
     demo.set_defaults(handler=cmd_demo)
 
-    build = commands.add_parser("build-engine", help="export a recipe's detector to an ONNX Runtime engine")
+    build = commands.add_parser("build-engine", help="export a recipe's detector to a parity-checked engine")
     build.add_argument("--recipe", required=True, help="shipped recipe name or path to a recipe JSON")
     build.add_argument("--name", required=True, help="engine name in the store")
     build.add_argument("--checkpoint", type=Path, help="detector state_dict (.pt) produced by training")
     build.add_argument("--backbone-weights", type=Path, help="local open_clip checkpoint for the image tower")
     build.add_argument("--allow-untrained", action="store_true", help="build with a random head (benchmarks only)")
     build.add_argument("--no-promote", action="store_true", help="store the version without making it current")
+    build.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime",
+                       help="runtime that serves the engine (torch and tensorrt: the GPU paths)")  # fmt: skip
+    build.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32",
+                       help="onnxruntime: fp32; torch: fp32/fp16/bf16; tensorrt: any (int8: Q/DQ graphs)")  # fmt: skip
+    build.add_argument("--timing-cache", type=Path, help="TensorRT timing cache to reuse and update")
     build.set_defaults(handler=cmd_build_engine)
+
+    rebuild = commands.add_parser(
+        "rebuild-engine", help="newest checkpoint → calibrated, parity-checked engine → promoted unless a gate refuses"
+    )
+    rebuild.add_argument("recipe", help="recipe the runs were trained with")
+    rebuild.add_argument("--name", help="engine name in the store (default: the recipe name)")
+    rebuild.add_argument("--runs", type=Path, default=Path("runs"), help="folder of run folders (default: ./runs)")
+    rebuild.add_argument("--run", type=Path, help="use this run folder instead of the newest")
+    rebuild.add_argument("--data", type=Path, help="dataset manifest with a val split (default: the run's)")
+    rebuild.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime")
+    rebuild.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
+    rebuild.add_argument("--calibration", choices=["temperature", "isotonic", "none"], default="temperature")
+    rebuild.add_argument("--target-fpr", type=float, default=0.01, help="false-positive rate on real validation items")
+    rebuild.add_argument("--metric", default="roc_auc", help="validation figure the gate compares (higher is better)")
+    rebuild.add_argument("--max-metric-drop", type=float, default=0.01, help="largest drop vs. the current engine")
+    rebuild.add_argument("--no-promote", action="store_true", help="store the version without making it current")
+    rebuild.add_argument("--device", help="torch device for validation (default: cuda when available)")
+    rebuild.set_defaults(handler=cmd_rebuild_engine)
 
     folders = commands.add_parser("import-folders", help="write a manifest for a split/class folder layout")
     folders.add_argument("root", type=Path, help="dataset root holding train/, val/, test/ folders")
@@ -263,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     few.add_argument("--seed", type=int, default=0)
     few.add_argument("--engine", help="also build an engine of this name into --engine-store")
     few.set_defaults(handler=cmd_fewshot)
+
+    from trainer.engines_cli import add_engines_commands
+
+    add_engines_commands(commands)
     return parser
 
 

@@ -47,6 +47,7 @@ class FitOptions:
     resume: bool = False
     progress: bool = True
     device: str | None = None  # default: cuda (this rank's) when available, else cpu
+    data: Path | None = None  # the dataset manifest, recorded in summary.json for `trainer rebuild-engine`
 
 
 @dataclass
@@ -337,6 +338,7 @@ def _finish(
             "recipe": recipe.name, "recipe_sha256": recipe.sha256, "best_step": state["best_step"],
             "select_by": recipe.train.select_by, "best_metric": state["best_metric"], "threshold": threshold,
             "threshold_rule": "youden on the validation split",
+            "data": str(Path(options.data).resolve()) if options.data else None,
         })  # fmt: skip
     model.eval()
     return FitResult(state["best_metric"], state["best_step"], threshold, state["history"], files.out)

@@ -1,0 +1,186 @@
+"""``trainer rebuild-engine RECIPE``: after retraining, turn the newest checkpoint into the served engine, safely.
+
+newest run of the recipe → torch fake logits on the validation split → calibration and the operating
+threshold for a target false-positive rate → build (ONNX export, the backend's artifact, parity against
+torch on the golden batch: a failure stores nothing) → the built engine scored on the validation split →
+the current engine scored on the same images (preprocessed by its own input contract) → the next version
+in the store → promoted with one atomic rename, unless the metric dropped by more than the allowed margin
+(then the version stays stored, unpromoted, for inspection: ``trainer engines promote`` overrides).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.backends import BackendOptions, LoadedEngine, load_engine
+from engines.errors import EngineError
+from engines.manifest import BatchRange, EngineManifest, sha256_file
+from engines.models import build_detector
+from engines.recipes import Recipe, load_recipe
+from engines.store import EngineStore
+from trainer.build import build_engine
+from trainer.calibrate import calibrate, expected_calibration_error
+from trainer.data import ManifestDataset, dataset_for
+from trainer.metrics import binary_metrics
+
+CHECKPOINT, RECIPE_FILE, SUMMARY = "best.pt", "recipe.json", "summary.json"
+
+
+@dataclass(frozen=True)
+class RebuildOptions:
+    recipe: str  # the recipe the runs were trained with (its name, as in their recipe.json)
+    name: str  # the engine's name in the store
+    runs: Path = Path("runs")  # folder of run folders (`trainer fit --out runs/...`)
+    run: Path | None = None  # one run folder instead of the newest
+    data: Path | None = None  # dataset manifest with a val split; default: the one the run recorded
+    backend: str = "onnxruntime"
+    precision: str = "fp32"
+    calibration: str = "temperature"  # temperature | isotonic | none
+    target_fpr: float = 0.01
+    metric: str = "roc_auc"  # from trainer.metrics.binary_metrics, higher is better
+    max_metric_drop: float = 0.01
+    batch: BatchRange = field(default_factory=lambda: BatchRange(min=1, opt=32, max=64))
+    promote: bool = True
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    folder: Path
+    recipe: Recipe
+    checkpoint: Path
+    data: Path | None
+
+
+@dataclass(frozen=True)
+class Gate:
+    passed: bool
+    reason: str
+    baseline_version: int | None = None
+    baseline_value: float | None = None
+
+
+@dataclass(frozen=True)
+class RebuildResult:
+    manifest: EngineManifest
+    promoted: bool
+    gate: Gate
+
+
+def read_run(folder: Path) -> TrainedRun:
+    folder = Path(folder)
+    if not (folder / CHECKPOINT).is_file() or not (folder / RECIPE_FILE).is_file():
+        raise EngineError(f"{folder} is not a finished run: it needs {CHECKPOINT} and {RECIPE_FILE}")
+    summary = folder / SUMMARY
+    data = json.loads(summary.read_text()).get("data") if summary.is_file() else None
+    return TrainedRun(folder, load_recipe(folder / RECIPE_FILE), folder / CHECKPOINT, Path(data) if data else None)
+
+
+def newest_run(runs: Path, recipe: str) -> TrainedRun:
+    """The run of ``recipe`` under ``runs`` whose best checkpoint was written last."""
+    candidates = [p.parent for p in Path(runs).glob(f"*/{CHECKPOINT}") if (p.parent / RECIPE_FILE).is_file()]
+    mine = [read_run(c) for c in candidates]
+    mine = [r for r in mine if r.recipe.name == recipe]
+    if not mine:
+        raise EngineError(f"no finished run of recipe {recipe!r} under {runs} (folders with {CHECKPOINT})")
+    return max(mine, key=lambda r: (r.checkpoint.stat().st_mtime_ns, str(r.folder)))
+
+
+def torch_logits(model: torch.nn.Module, dataset: ManifestDataset, device: torch.device) -> np.ndarray:
+    """The detector's fake logit for every validation item, in fp32."""
+    model.eval().to(device)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=64)
+    with torch.no_grad():
+        return torch.cat([model(b["pixels"].to(device)).float().cpu() for b in loader]).numpy()
+
+
+def engine_p_fake(engine: LoadedEngine, dataset: ManifestDataset) -> np.ndarray:
+    """The served engine's calibrated P(fake) for every item, preprocessed by the dataset's recipe."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=engine.manifest.batch.max)
+    return np.concatenate([engine.p_fake(b["pixels"].numpy()) for b in loader])
+
+
+def fake_labels(dataset: ManifestDataset) -> np.ndarray:
+    return np.array([row.label == "fake" for row in dataset.rows], dtype=int)
+
+
+def baseline(
+    store: EngineStore, name: str, run: TrainedRun, data: Path, metric: str, options: BackendOptions
+) -> tuple[int, float] | None:
+    """The current engine's metric on the same validation items, preprocessed by its own input contract."""
+    version = store.current_version(name)
+    if version is None:
+        return None
+    current = load_engine(store.resolve(name, version), options=options)
+    recipe = run.recipe.model_copy(update={"input": current.manifest.input})
+    dataset = dataset_for(data, "val", recipe)
+    return version, binary_metrics(fake_labels(dataset), engine_p_fake(current, dataset))[metric]
+
+
+def decide(value: float, reference: tuple[int, float] | None, metric: str, max_drop: float) -> Gate:
+    if not np.isfinite(value):
+        return Gate(False, f"validation {metric} is {value}: the split needs real and fake items")
+    if reference is None:
+        return Gate(True, "no current engine to compare with")
+    version, before = reference
+    if value < before - max_drop:
+        return Gate(False, f"{metric} {value:.4f} < v{version}'s {before:.4f} − {max_drop}", version, before)
+    return Gate(True, f"{metric} {value:.4f} vs v{version}'s {before:.4f} (allowed drop {max_drop})", version, before)
+
+
+def _finite(value: float | int | str) -> float | int | str:
+    """JSON has no NaN: an undefined figure (one class only) is stored as the string "nan"."""
+    return str(value) if isinstance(value, float) and not np.isfinite(value) else value
+
+
+def rebuild_engine(store: EngineStore, options: RebuildOptions, log: Callable[[str], None] = print) -> RebuildResult:
+    run = read_run(options.run) if options.run else newest_run(options.runs, options.recipe)
+    data = options.data or run.data
+    if data is None:
+        raise EngineError(f"run {run.folder} recorded no dataset manifest: pass --data")
+    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    backend_options = BackendOptions(device=str(device))
+    log(f"run {run.folder} ({run.recipe.name}), validation split of {data}")
+
+    model = build_detector(run.recipe)
+    model.load_state_dict(torch.load(run.checkpoint, map_location="cpu", weights_only=True))
+    val = dataset_for(data, "val", run.recipe)
+    labels = fake_labels(val)
+    fitted = calibrate(torch_logits(model, val, device), labels, options.calibration, options.target_fpr)
+    log(f"calibration {options.calibration}: {fitted.report}; threshold {fitted.threshold:.4f}")
+
+    with tempfile.TemporaryDirectory(prefix="deepsift-rebuild-") as scratch_root:
+        scratch = EngineStore(scratch_root)
+        draft = build_engine(
+            model.cpu(), run.recipe, scratch, options.name, backend=options.backend, precision=options.precision,
+            batch=options.batch, threshold=fitted.threshold, calibration=fitted.calibration, promote=False,
+        )  # fmt: skip
+        built = load_engine(scratch.resolve(options.name, draft.version), options=backend_options)
+        p_fake = engine_p_fake(built, val)
+        figures = binary_metrics(labels, p_fake, fitted.threshold)
+        reference = baseline(store, options.name, run, data, options.metric, backend_options)
+        gate = decide(figures[options.metric], reference, options.metric, options.max_metric_drop)
+        evaluation = {
+            **draft.evaluation,
+            **{f"val_{k}": v for k, v in figures.items()},
+            **{f"calibration_{k}": v for k, v in fitted.report.items() if isinstance(v, int | float | str)},
+            "val_ece": expected_calibration_error(p_fake, labels),
+            "val_n": len(labels),
+            "target_fpr": options.target_fpr,
+            "checkpoint_sha256": sha256_file(run.checkpoint),
+            "gate": gate.reason,
+        }
+        manifest = draft.model_copy(update={"evaluation": {k: _finite(v) for k, v in evaluation.items()}})
+        stored = store.add(manifest, scratch.resolve(options.name, draft.version) / draft.artifact)
+    log(f"engine {stored.name} v{stored.version} stored: {gate.reason}")
+    promoted = gate.passed and options.promote
+    if promoted:
+        store.promote(stored.name, stored.version, reason=f"trainer rebuild-engine: {gate.reason}")
+    return RebuildResult(stored, promoted, gate)
