@@ -12,21 +12,30 @@ import structlog
 from daemon.pipeline import JudgeConfig
 from daemon.settings import Settings
 from engines.backends import BackendOptions, LoadedEngine, load_engine
+from engines.errors import DeepsiftError
 
 log = structlog.get_logger(__name__)
 
 
 def start_decoder(settings: Settings) -> str:
-    """The decoder to use (``auto`` resolved); starts the DALI worker when that is DALI."""
-    from engines.dali import DaliSettings, choose_decoder, configure_dali, dali_missing
+    """The decoder to use (``auto`` resolved); starts the DALI worker when that is DALI. A worker that cannot
+    start fails start-up when ``dali`` was asked for explicitly; under ``auto`` the daemon decodes with PyAV."""
+    from engines.dali import DaliSettings, DecoderFailure, choose_decoder, configure_dali, dali_missing
 
     chosen = choose_decoder(settings.decoder, settings.device)
     if chosen == "dali":
         device = settings.device if settings.device.startswith("cuda") else "cuda:0"
-        dali = DaliSettings(
-            device=device, timeout_s=settings.dali_timeout_s, max_duration_s=settings.dali_max_duration_s
+        dali = configure_dali(
+            DaliSettings(device=device, timeout_s=settings.dali_timeout_s, max_duration_s=settings.dali_max_duration_s)
         )
-        configure_dali(dali).worker.start()
+        try:
+            dali.worker.start()
+        except DecoderFailure as e:
+            if settings.decoder == "dali":
+                raise DeepsiftError(f"decoder 'dali' cannot run: {e}") from e
+            dali.close()
+            log.warning("decoder_chosen", decoder="pyav", why_not_dali=str(e))
+            return "pyav"
     elif settings.decoder == "auto":
         log.info("decoder_chosen", decoder=chosen, why_not_dali=dali_missing(settings.device))
     return chosen

@@ -29,8 +29,8 @@ DALI reuses its output buffers, so a copy is needed anyway. The encoded bytes tr
 The segment lives in /dev/shm: containers need it sized for frames × height × width × 3 bytes plus the
 largest upload (Docker's default of 64 MiB is too small for 32 1080p frames, ~200 MB).
 
-Nothing heavy happens at import: ``nvidia.dali`` is imported only inside the worker (its bundled FFmpeg
-never meets PyAV's in one process) and torch only when frames go to a CUDA device.
+Nothing heavy happens at import: ``nvidia.dali`` is imported only inside the worker (the worker also
+imports this module, and with it PyAV) and torch only when frames go to a CUDA device.
 """
 
 from __future__ import annotations
@@ -231,11 +231,25 @@ def _close_segment(segment: SharedMemory | None) -> None:
         segment.close()
 
 
+SHM_DIR = "/dev/shm"
+SHM_HEADROOM_BYTES = 64 << 20  # left free for everything else in /dev/shm
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes in /dev/shm, where POSIX shared memory lives on Linux; None where it cannot be told."""
+    try:
+        stats = os.statvfs(SHM_DIR)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
 class IsolatedDecoder:
     """A long-lived spawned worker that decodes frames with ``make_decoder()``; it is restarted after it dies.
 
     ``decode`` raises ``DecoderFailure`` with reason ``dali_crashed``, ``dali_timeout``, ``dali_error`` or
-    ``dali_start_failed``; it never lets a worker failure escape as anything else. Calls are serialised.
+    ``dali_start_failed`` or ``shm_too_small``; it never lets a worker failure escape as anything else. Calls are
+    serialised.
     """
 
     def __init__(
@@ -321,12 +335,26 @@ class IsolatedDecoder:
         log.info("decode worker %s started (start %d)", process.pid, self.starts)
 
     def _segment_of(self, size: int) -> SharedMemory:
-        """The shared segment, grown (replaced) when a video needs more room than it has."""
+        """The shared segment, grown (replaced) when a video needs more room than it has.
+
+        The room is reserved up front (``posix_fallocate``), so a full ``/dev/shm`` is a ``shm_too_small``
+        failure (this video goes to PyAV) rather than a SIGBUS in the daemon when the bytes are written."""
         if self._segment is None or self._segment.size < size:
             if self._segment is not None:
                 _close_segment(self._segment)
                 self._segment.unlink()
-            self._segment = SharedMemory(create=True, size=max(size, 1 << 20))
+                self._segment = None
+            free = shm_free_bytes()
+            if free is not None and size + SHM_HEADROOM_BYTES > free:
+                raise DecoderFailure("shm_too_small", f"needs {size} bytes of shared memory, {free} free")
+            segment = SharedMemory(create=True, size=max(size, 1 << 20))
+            try:
+                os.posix_fallocate(segment._fd, 0, segment.size)  # type: ignore[attr-defined]
+            except OSError as e:
+                _close_segment(segment)
+                segment.unlink()
+                raise DecoderFailure("shm_too_small", f"cannot reserve {segment.size} bytes: {e}") from e
+            self._segment = segment
         return self._segment
 
     def _send(self, request: _Request) -> None:

@@ -21,3 +21,19 @@ def test_an_explicit_dali_decoder_that_cannot_run_fails_at_start_up_naming_why()
 def test_the_judge_settings_carry_the_chosen_decoder_and_the_masks_setting() -> None:
     config = judge_config(Settings(frames_per_video=7, masks=True, aggregation="topk:0.5"), "pyav")
     assert (config.decoder, config.frames_per_video, config.masks, str(config.rule)) == ("pyav", 7, True, "topk:0.5")
+
+
+def test_auto_falls_back_to_pyav_when_the_dali_worker_cannot_start(monkeypatch) -> None:
+    # Given a machine where DALI looks usable, but its worker fails to start (say, a driver too old for it)
+    from engines import dali
+
+    monkeypatch.setattr(dali, "choose_decoder", lambda requested, device: "dali")
+
+    def failing_start(self) -> None:
+        raise dali.DecoderFailure("dali_start_failed", "CUDA driver version is insufficient")
+
+    monkeypatch.setattr(dali.IsolatedDecoder, "start", failing_start)
+    # When the daemon starts with decoder=auto, it decodes with PyAV; with decoder=dali it refuses to start
+    assert start_decoder(Settings(decoder="auto", device="cuda")) == "pyav"
+    with pytest.raises(DeepsiftError, match="insufficient"):
+        start_decoder(Settings(decoder="dali", device="cuda"))

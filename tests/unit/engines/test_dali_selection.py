@@ -323,6 +323,22 @@ def test_an_error_inside_the_worker_falls_back_and_keeps_the_worker(isolated, cl
     assert isolated.worker.pid == pid
 
 
+def test_a_full_shared_memory_sends_the_video_to_pyav_and_keeps_the_worker(isolated, clips, monkeypatch) -> None:
+    # Given a healthy worker, and /dev/shm reporting less free room than the next video needs
+    assert_worker_decodes(isolated, clips["cfr"])
+    pid = isolated.worker.pid
+    isolated.worker.close()  # drop the segment, so the next video must allocate one
+    monkeypatch.setattr(dali, "shm_free_bytes", lambda: 1 << 20)
+    # When a video is decoded; Then PyAV decodes it with the reason, nothing was written to shared memory
+    decoded = isolated(clips["cfr"], 8)
+    assert decoded.fallback_reason == "shm_too_small"
+    assert_is_pyav(decoded, clips["cfr"], 8)
+    # And once there is room again, the worker decodes
+    monkeypatch.undo()
+    assert_worker_decodes(isolated, clips["cfr"])
+    assert isolated.worker.pid not in (None, pid)  # close() stopped the old worker; a fresh one started
+
+
 def test_media_routed_away_never_reaches_the_worker(isolated, clips) -> None:
     starts = isolated.worker.starts
     decoded = isolated(clips["vfr"], 8)
