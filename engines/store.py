@@ -181,8 +181,10 @@ class EngineStore:
         os.write(log, (json.dumps(asdict(record)) + "\n").encode())  # one O_APPEND write: lines never interleave
 
     def _rollback_target(self, name: str, current: int) -> int | None:
-        stack: list[int] = []
-        for entry in self.history(name):
+        history = self.history(name)
+        # The version current before the log began (a store promoted before it kept history) is the bottom.
+        stack: list[int] = [history[0].previous_version] if history and history[0].previous_version else []
+        for entry in history:
             if entry.action == ROLLBACK and entry.version in stack:
                 del stack[len(stack) - stack[::-1].index(entry.version) :]  # pop back to the target
             elif not stack or stack[-1] != entry.version:

@@ -461,6 +461,17 @@ def test_rollback_without_a_current_or_earlier_version_raises(tmp_path: Path, ar
     assert store.current_version("demo") == 2 and len(store.history("demo")) == 1
 
 
+def test_rollback_reaches_the_version_current_before_the_history_began(tmp_path: Path, artifact: Path) -> None:
+    # Given a store whose v1 became current before promotions were logged (no history file)
+    store = _store_with_versions(tmp_path / "store", artifact, 2)
+    store.promote("demo", 1)
+    (store.root / "demo" / HISTORY_FILE).unlink()
+    # When v2 is promoted (the first logged promotion) and then rolled back
+    store.promote("demo", 2)
+    # Then current is v1 again
+    assert store.rollback("demo") == 1 and store.current_version("demo") == 1
+
+
 def test_a_torn_history_line_is_skipped(tmp_path: Path, artifact: Path) -> None:
     # Given a history whose last line was cut short (a crash mid-write) and one with a foreign record
     store = _store_with_versions(tmp_path / "store", artifact, 2)
