@@ -66,6 +66,7 @@ def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         table = VerdictTable(out)
         table.header(watcher.current().manifest)
         detectors = FaceDetectors(settings.device)
+        detectors.for_engine(watcher.current().manifest)  # a detector that cannot be built fails the scan here
         results = [
             table.row(r) for r in run_scan(args.paths, watcher, repository, config, detectors, settings.prefetch)
         ]

@@ -11,6 +11,7 @@ once (logged, remembered, not retried) and the serving engine stays.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import structlog
 
 from engines.backends import LoadedEngine
-from engines.errors import RetryableError
+from engines.errors import EngineError, RetryableError
 from engines.faces import MtcnnFaceDetector
 from engines.manifest import EngineManifest
 from engines.store import EngineStore
@@ -28,6 +29,7 @@ from engines.store import EngineStore
 log = structlog.get_logger(__name__)
 
 STOP_WAIT_S = 2.0  # a load in progress is not waited for longer; the thread ends after it
+LOAD_RETRY_S = 60.0  # a version whose load failed for a reason other than the engine itself is retried after this
 
 # Told about each engine before it serves: the new one, and the one it replaces (None at start-up).
 OnReady = Callable[[LoadedEngine, LoadedEngine | None], None]
@@ -80,6 +82,7 @@ class EngineWatcher:
         self._version: int | None = None  # the store version serving (its folder, whatever the manifest says)
         self._pending: tuple[int, LoadedEngine] | None = None  # loaded, announcement postponed by an outage
         self._refused: set[int] = set()
+        self._retry_at: dict[int, float] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -126,6 +129,8 @@ class EngineWatcher:
             version = self._store.current_version(self._name)
             if version is None or version == self._version or version in self._refused:
                 return False
+            if time.monotonic() < self._retry_at.get(version, 0.0):
+                return False
             candidate = self._candidate(version)
             return candidate is not None and self._switch(version, candidate)
 
@@ -144,16 +149,23 @@ class EngineWatcher:
         try:
             engine = self._load(self._store.path(self._name, version))
             warm_up(engine)
-        except Exception as e:
+        except EngineError as e:  # the engine itself is wrong (manifest, hash, a plan for another GPU): for good
             self._refused.add(version)
             log.error("engine_refused", engine=self._name, version=version, serving_version=self._version,
                       error=str(e) or repr(e), error_type=type(e).__name__)  # fmt: skip
+            return None
+        except Exception as e:  # maybe passing (out of memory beside the serving engine): try again later
+            self._retry_at[version] = time.monotonic() + LOAD_RETRY_S
+            log.warning("engine_load_failed", engine=self._name, version=version, serving_version=self._version,
+                        retry_in_s=LOAD_RETRY_S, error=str(e) or repr(e), error_type=type(e).__name__)  # fmt: skip
             return None
         return engine
 
     def _switch(self, version: int, engine: LoadedEngine) -> bool:
         """Announce ``engine``, then serve it; an outage postpones the switch to the next look."""
         old = self.current()
+        if self._stop.is_set():  # stopped while the candidate loaded: serve nothing new
+            return False
         try:
             self._on_ready(engine, old)
         except RetryableError as e:
@@ -163,9 +175,9 @@ class EngineWatcher:
         except Exception as e:
             if self._stop.is_set():  # stopping: the announcement was abandoned, the switch does not matter
                 return False
-            self._refused.add(version)
-            log.error("engine_refused", engine=self._name, version=version, serving_version=self._version,
-                      error=str(e) or repr(e), error_type=type(e).__name__, stage="on_ready")  # fmt: skip
+            self._retry_at[version] = time.monotonic() + LOAD_RETRY_S
+            log.error("engine_switch_failed", engine=self._name, version=version, serving_version=self._version,
+                      retry_in_s=LOAD_RETRY_S, error=str(e) or repr(e), error_type=type(e).__name__)  # fmt: skip
             return False
         self._engine, self._version, self._pending = engine, version, None
         log.info("engine_switched", engine=self._name, old_version=old.manifest.version,

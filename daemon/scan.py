@@ -107,7 +107,13 @@ def _frames(item: PreparedMedia) -> int:
 def prepare_for(job: MediaJob, engines: EngineSource, detectors: FaceDetectors, config: JudgeConfig) -> PreparedMedia:
     """Prepare ``job`` for the engine serving now, and keep that engine with it to score it."""
     engine = engines.current()
-    return replace(prepare(job, engine.manifest, detectors.for_engine(engine.manifest), config), engine=engine)
+    try:
+        detector = detectors.for_engine(engine.manifest)
+    except Exception as e:  # e.g. a CUDA device that is not there: this job's error, not a silent end of the scan
+        log.exception("face_detector_unavailable", job_id=job.job_id)
+        outcome = ("error", "internal_error", f"face detector unavailable: {e!r}")
+        return PreparedMedia(job, None, None, outcome=outcome, engine=engine)
+    return replace(prepare(job, engine.manifest, detector, config), engine=engine)
 
 
 def run_scan(

@@ -68,7 +68,12 @@ def prepare_message(envelope: Envelope, context: PrepareContext, detectors: Face
         log.exception("fetch_failed_unexpectedly", job_id=job.job_id)
         return Work(envelope, job.job_id, config, _failed(job, "internal_error", repr(e), engine))
     fetched_ms = round((time.perf_counter() - started) * 1000.0, 2)
-    prepared = prepare(media, engine.manifest, detectors.for_engine(engine.manifest), config)
+    try:
+        detector = detectors.for_engine(engine.manifest)
+    except Exception as e:  # e.g. after a switch to an engine whose detector cannot be built on this device
+        log.exception("face_detector_unavailable", job_id=job.job_id, engine=engine.manifest.name)
+        return Work(envelope, job.job_id, config, _failed(job, "internal_error", f"face detector: {e!r}", engine))
+    prepared = prepare(media, engine.manifest, detector, config)
     prepared = replace(prepared, timings_ms={"fetch_media": fetched_ms, **prepared.timings_ms}, engine=engine)
     return Work(envelope, job.job_id, config, _check_media_type(job, prepared))
 

@@ -197,3 +197,31 @@ def test_face_detectors_are_made_once_per_confidence_floor(monkeypatch, store):
     a, b, c = (detectors.for_engine(face(x)) for x in (0.9, 0.8, 0.9))
     assert a is c and a is not b and (a.min_confidence, b.min_confidence) == (0.9, 0.8)
     assert detectors.for_engine(full) is None
+
+
+def test_a_load_that_fails_for_another_reason_than_the_engine_is_retried_later(store, monkeypatch):
+    # Given a watcher serving v1, and v2 promoted while loading it runs out of memory once
+    import daemon.engine_watch as engine_watch
+
+    watcher, _ = _watcher(store)
+    _add(store)
+    store.promote(NAME, 2)
+    failures = iter([MemoryError("CUDA out of memory")])
+
+    def flaky_load(path: Path) -> LoadedEngine:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return load_engine(path, threads=1)
+
+    watcher._load = flaky_load
+    # When the watcher looks, v1 keeps serving and v2 is not refused for good
+    with capture_logs() as logs:
+        assert not watcher.check() and watcher.current().manifest.version == 1
+    assert [e["event"] for e in logs] == ["engine_load_failed"]
+    assert not watcher.check()  # not retried before its time
+    # Then once the retry time has passed, v2 loads and serves
+    real_monotonic = time.monotonic
+    monkeypatch.setattr(engine_watch.time, "monotonic", lambda: real_monotonic() + engine_watch.LOAD_RETRY_S * 2)
+    assert watcher.check() and watcher.current().manifest.version == 2
+    watcher.stop()
