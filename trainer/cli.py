@@ -244,7 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
     rebuild.add_argument("--calibration", choices=["temperature", "isotonic", "none"], default="temperature")
     rebuild.add_argument("--target-fpr", type=float, default=0.01, help="false-positive rate on real validation items")
-    rebuild.add_argument("--metric", default="roc_auc", help="validation figure the gate compares (higher is better)")
+    rebuild.add_argument(
+        "--metric", default="roc_auc", help="validation figure the gate compares, higher is better",
+        choices=["roc_auc", "average_precision", "accuracy", "balanced_accuracy", "f1_macro"],
+    )  # fmt: skip
     rebuild.add_argument("--max-metric-drop", type=float, default=0.01, help="largest drop vs. the current engine")
     rebuild.add_argument("--no-promote", action="store_true", help="store the version without making it current")
     rebuild.add_argument("--device", help="torch device for validation (default: cuda when available)")

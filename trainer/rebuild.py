@@ -1,11 +1,12 @@
 """``trainer rebuild-engine RECIPE``: after retraining, turn the newest checkpoint into the served engine, safely.
 
-newest run of the recipe → torch fake logits on the validation split → calibration and the operating
-threshold for a target false-positive rate → build (ONNX export, the backend's artifact, parity against
-torch on the golden batch: a failure stores nothing) → the built engine scored on the validation split →
-the current engine scored on the same images (preprocessed by its own input contract) → the next version
-in the store → promoted with one atomic rename, unless the metric dropped by more than the allowed margin
-(then the version stays stored, unpromoted, for inspection: ``trainer engines promote`` overrides).
+newest finished run of the recipe → build (ONNX export, the backend's artifact, parity against torch on the
+golden batch: a failure stores nothing) → the built engine's fake logits on the validation split (so
+calibration fits what will be served, fp16 and TensorRT included) → calibration and the operating threshold
+for a target false-positive rate → the current engine scored on the same images (preprocessed by its own
+input contract, at its own threshold) → the next version in the store → promoted with one atomic rename,
+unless the metric dropped by more than the allowed margin (then the version stays stored, unpromoted, for
+inspection: ``trainer engines promote`` overrides).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from trainer.data import ManifestDataset, dataset_for
 from trainer.metrics import binary_metrics
 
 CHECKPOINT, RECIPE_FILE, SUMMARY = "best.pt", "recipe.json", "summary.json"
+GATE_METRICS = ("roc_auc", "average_precision", "accuracy", "balanced_accuracy", "f1_macro")  # binary_metrics
 
 
 @dataclass(frozen=True)
@@ -75,36 +77,43 @@ class RebuildResult:
 
 
 def read_run(folder: Path) -> TrainedRun:
+    """A run folder that finished training: ``summary.json`` is written last, after the best checkpoint."""
     folder = Path(folder)
-    if not (folder / CHECKPOINT).is_file() or not (folder / RECIPE_FILE).is_file():
-        raise EngineError(f"{folder} is not a finished run: it needs {CHECKPOINT} and {RECIPE_FILE}")
-    summary = folder / SUMMARY
-    data = json.loads(summary.read_text()).get("data") if summary.is_file() else None
-    return TrainedRun(folder, load_recipe(folder / RECIPE_FILE), folder / CHECKPOINT, Path(data) if data else None)
+    missing = [f for f in (CHECKPOINT, RECIPE_FILE, SUMMARY) if not (folder / f).is_file()]
+    if missing:
+        raise EngineError(f"{folder} is not a finished run: {', '.join(missing)} missing")
+    try:
+        data = json.loads((folder / SUMMARY).read_text()).get("data")
+        recipe = load_recipe(folder / RECIPE_FILE)
+    except (OSError, ValueError) as e:
+        raise EngineError(f"{folder} has an unreadable {SUMMARY} or {RECIPE_FILE}: {e}") from e
+    return TrainedRun(folder, recipe, folder / CHECKPOINT, Path(data) if data else None)
 
 
-def newest_run(runs: Path, recipe: str) -> TrainedRun:
-    """The run of ``recipe`` under ``runs`` whose best checkpoint was written last."""
-    candidates = [p.parent for p in Path(runs).glob(f"*/{CHECKPOINT}") if (p.parent / RECIPE_FILE).is_file()]
-    mine = [read_run(c) for c in candidates]
-    mine = [r for r in mine if r.recipe.name == recipe]
+def newest_run(runs: Path, recipe: str, log: Callable[[str], None] = print) -> TrainedRun:
+    """The finished run of ``recipe`` under ``runs`` whose best checkpoint was written last. Runs still
+    training (no summary yet) and unreadable ones are passed over."""
+    found = []
+    for checkpoint in Path(runs).glob(f"*/{CHECKPOINT}"):
+        try:
+            found.append(read_run(checkpoint.parent))
+        except EngineError as e:
+            log(f"passed over: {e}")
+    mine = [r for r in found if r.recipe.name == recipe]
     if not mine:
-        raise EngineError(f"no finished run of recipe {recipe!r} under {runs} (folders with {CHECKPOINT})")
+        raise EngineError(f"no finished run of recipe {recipe!r} under {runs} (folders with {CHECKPOINT}, {SUMMARY})")
     return max(mine, key=lambda r: (r.checkpoint.stat().st_mtime_ns, str(r.folder)))
 
 
-def torch_logits(model: torch.nn.Module, dataset: ManifestDataset, device: torch.device) -> np.ndarray:
-    """The detector's fake logit for every validation item, in fp32."""
-    model.eval().to(device)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64)
-    with torch.no_grad():
-        return torch.cat([model(b["pixels"].to(device)).float().cpu() for b in loader]).numpy()
+def engine_logits(engine: LoadedEngine, dataset: ManifestDataset) -> np.ndarray:
+    """The engine's fake logit for every item, preprocessed by the dataset's recipe."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=engine.manifest.batch.max)
+    return np.concatenate([engine.logits(b["pixels"].numpy()) for b in loader])
 
 
 def engine_p_fake(engine: LoadedEngine, dataset: ManifestDataset) -> np.ndarray:
-    """The served engine's calibrated P(fake) for every item, preprocessed by the dataset's recipe."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=engine.manifest.batch.max)
-    return np.concatenate([engine.p_fake(b["pixels"].numpy()) for b in loader])
+    """The engine's calibrated P(fake) for every item, preprocessed by the dataset's recipe."""
+    return engine.manifest.calibration.p_fake_array(engine_logits(engine, dataset))
 
 
 def fake_labels(dataset: ManifestDataset) -> np.ndarray:
@@ -114,14 +123,23 @@ def fake_labels(dataset: ManifestDataset) -> np.ndarray:
 def baseline(
     store: EngineStore, name: str, run: TrainedRun, data: Path, metric: str, options: BackendOptions
 ) -> tuple[int, float] | None:
-    """The current engine's metric on the same validation items, preprocessed by its own input contract."""
+    """The current engine's metric on the same validation items, preprocessed by its own input contract and
+    judged at its own threshold. If it cannot run here (a TensorRT plan for another GPU), its recorded
+    ``val_<metric>``; NaN when there is neither, which the gate refuses."""
     version = store.current_version(name)
     if version is None:
         return None
-    current = load_engine(store.resolve(name, version), options=options)
+    path = store.resolve(name, version)
+    try:
+        current = load_engine(path, options=options)
+    except EngineError as e:
+        recorded = EngineManifest.read(path).evaluation.get(f"val_{metric}")
+        print(f"current engine v{version} cannot run here ({e}); comparing with its recorded val_{metric}")
+        return version, float(recorded) if isinstance(recorded, int | float) else float("nan")
     recipe = run.recipe.model_copy(update={"input": current.manifest.input})
     dataset = dataset_for(data, "val", recipe)
-    return version, binary_metrics(fake_labels(dataset), engine_p_fake(current, dataset))[metric]
+    p_fake = engine_p_fake(current, dataset)
+    return version, binary_metrics(fake_labels(dataset), p_fake, current.manifest.threshold)[metric]
 
 
 def decide(value: float, reference: tuple[int, float] | None, metric: str, max_drop: float) -> Gate:
@@ -130,6 +148,8 @@ def decide(value: float, reference: tuple[int, float] | None, metric: str, max_d
     if reference is None:
         return Gate(True, "no current engine to compare with")
     version, before = reference
+    if not np.isfinite(before):
+        return Gate(False, f"no comparable {metric} for the current v{version}", version, before)
     if value < before - max_drop:
         return Gate(False, f"{metric} {value:.4f} < v{version}'s {before:.4f} − {max_drop}", version, before)
     return Gate(True, f"{metric} {value:.4f} vs v{version}'s {before:.4f} (allowed drop {max_drop})", version, before)
@@ -141,7 +161,9 @@ def _finite(value: float | int | str) -> float | int | str:
 
 
 def rebuild_engine(store: EngineStore, options: RebuildOptions, log: Callable[[str], None] = print) -> RebuildResult:
-    run = read_run(options.run) if options.run else newest_run(options.runs, options.recipe)
+    if options.metric not in GATE_METRICS:
+        raise EngineError(f"--metric must be one of {', '.join(GATE_METRICS)}, not {options.metric!r}")
+    run = read_run(options.run) if options.run else newest_run(options.runs, options.recipe, log)
     data = options.data or run.data
     if data is None:
         raise EngineError(f"run {run.folder} recorded no dataset manifest: pass --data")
@@ -153,17 +175,18 @@ def rebuild_engine(store: EngineStore, options: RebuildOptions, log: Callable[[s
     model.load_state_dict(torch.load(run.checkpoint, map_location="cpu", weights_only=True))
     val = dataset_for(data, "val", run.recipe)
     labels = fake_labels(val)
-    fitted = calibrate(torch_logits(model, val, device), labels, options.calibration, options.target_fpr)
-    log(f"calibration {options.calibration}: {fitted.report}; threshold {fitted.threshold:.4f}")
 
     with tempfile.TemporaryDirectory(prefix="deepsift-rebuild-") as scratch_root:
         scratch = EngineStore(scratch_root)
         draft = build_engine(
-            model.cpu(), run.recipe, scratch, options.name, backend=options.backend, precision=options.precision,
-            batch=options.batch, threshold=fitted.threshold, calibration=fitted.calibration, promote=False,
+            model, run.recipe, scratch, options.name, backend=options.backend, precision=options.precision,
+            batch=options.batch, promote=False,
         )  # fmt: skip
         built = load_engine(scratch.resolve(options.name, draft.version), options=backend_options)
-        p_fake = engine_p_fake(built, val)
+        logits = engine_logits(built, val)
+        fitted = calibrate(logits, labels, options.calibration, options.target_fpr)
+        log(f"calibration {options.calibration}: {fitted.report}; threshold {fitted.threshold:.4f}")
+        p_fake = fitted.calibration.p_fake_array(logits)
         figures = binary_metrics(labels, p_fake, fitted.threshold)
         reference = baseline(store, options.name, run, data, options.metric, backend_options)
         gate = decide(figures[options.metric], reference, options.metric, options.max_metric_drop)
@@ -177,7 +200,13 @@ def rebuild_engine(store: EngineStore, options: RebuildOptions, log: Callable[[s
             "checkpoint_sha256": sha256_file(run.checkpoint),
             "gate": gate.reason,
         }
-        manifest = draft.model_copy(update={"evaluation": {k: _finite(v) for k, v in evaluation.items()}})
+        manifest = draft.model_copy(
+            update={
+                "calibration": fitted.calibration,
+                "threshold": fitted.threshold,
+                "evaluation": {k: _finite(v) for k, v in evaluation.items()},
+            }
+        )
         stored = store.add(manifest, scratch.resolve(options.name, draft.version) / draft.artifact)
     log(f"engine {stored.name} v{stored.version} stored: {gate.reason}")
     promoted = gate.passed and options.promote

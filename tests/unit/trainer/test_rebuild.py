@@ -102,23 +102,30 @@ def test_isotonic_calibration_is_stored_as_monotone_knots(trained: Path, tmp_pat
     assert np.all(np.diff(calibration.probabilities) >= 0)
 
 
-def test_the_newest_run_of_the_recipe_is_chosen(tmp_path: Path):
-    # Given three run folders: two of the demo recipe (the older one touched last by mtime order) and one other
-    for name, recipe, age in [("old", RECIPE, 300), ("new", RECIPE, 100), ("other", "tiny-fusion", 0)]:
+def test_the_newest_finished_run_of_the_recipe_is_chosen(tmp_path: Path):
+    # Given run folders: two finished runs of the demo recipe, one of another recipe (newest of all), one still
+    # training (no summary yet, newer still) and one with an unreadable recipe
+    runs = [("old", RECIPE, 300, True), ("new", RECIPE, 100, True), ("other", "tiny-fusion", 50, True),
+            ("training", RECIPE, 0, False), ("broken", RECIPE, 0, True)]  # fmt: skip
+    for name, recipe, age, finished in runs:
         folder = tmp_path / name
         folder.mkdir()
-        (folder / "recipe.json").write_text(load_recipe(recipe).model_dump_json())
+        (folder / "recipe.json").write_text("{" if name == "broken" else load_recipe(recipe).model_dump_json())
         (folder / "best.pt").write_bytes(b"weights")
+        if finished:
+            (folder / "summary.json").write_text("{}")
         os.utime(folder / "best.pt", (1_700_000_000 - age, 1_700_000_000 - age))
-    # When the newest run of the demo recipe is looked up; Then it is "new" ("other" is another recipe)
-    assert newest_run(tmp_path, RECIPE).folder.name == "new"
+    # When the newest run of the demo recipe is looked up; Then it is "new", and the others were passed over
+    passed_over: list[str] = []
+    assert newest_run(tmp_path, RECIPE, passed_over.append).folder.name == "new"
+    assert sorted(line.split("/")[-1].split(" ")[0] for line in passed_over) == ["broken", "training"]
     with pytest.raises(EngineError, match="no finished run"):
-        newest_run(tmp_path, "tiny-multitask")
+        newest_run(tmp_path, "tiny-multitask", passed_over.append)
 
 
 def test_a_run_without_a_recorded_dataset_needs_data(trained: Path, tmp_path: Path, capsys):
     runs = tmp_path / "runs"
     shutil.copytree(trained, runs)
-    (runs / "first" / "summary.json").unlink()
+    (runs / "first" / "summary.json").write_text("{}")
     assert rebuild(tmp_path / "engines", runs) == 1
     assert "--data" in capsys.readouterr().err
