@@ -69,11 +69,18 @@ def compute_capability_string(capability: tuple[int, int]) -> str:
     return f"{int(major)}.{int(minor)}"
 
 
-def running_compute_capability() -> str | None:
-    """The current CUDA device's compute capability, or None without a usable CUDA GPU."""
+def running_compute_capability(device: torch.device | None = None) -> str | None:
+    """The compute capability of ``device`` (default: the current CUDA device), or None without a usable GPU."""
     if not torch.cuda.is_available():
         return None
-    return compute_capability_string(torch.cuda.get_device_capability())
+    return compute_capability_string(torch.cuda.get_device_capability(device))
+
+
+def cuda_device(requested: str) -> torch.device:
+    """The CUDA device a plan runs on: the daemon's ``device`` when it names one (``cuda:1``), else the current."""
+    if requested.startswith("cuda") and ":" in requested:
+        return torch.device(requested)
+    return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
 
 
 def check_plan_compatible(
@@ -127,14 +134,15 @@ class TensorRtBackend:
     """One deserialised plan and one execution context; call ``run`` from one thread at a time."""
 
     def __init__(self, manifest: EngineManifest, artifact: Path, options: BackendOptions) -> None:
-        check_plan_compatible(manifest, installed_tensorrt_version(), running_compute_capability())
+        self.device = cuda_device(options.device)
+        check_plan_compatible(manifest, installed_tensorrt_version(), running_compute_capability(self.device))
         trt = require_tensorrt()
-        self.device = torch.device("cuda", torch.cuda.current_device())
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(artifact.read_bytes())
+        with torch.cuda.device(self.device):  # the plan's memory and context live on this device
+            self.engine = self.runtime.deserialize_cuda_engine(artifact.read_bytes())
+            self.context = self.engine.create_execution_context() if self.engine is not None else None
         if self.engine is None:
             raise EngineError(f"TensorRT could not deserialise {artifact} (see its log above); {REBUILD_HINT}")
-        self.context = self.engine.create_execution_context()
         if self.context is None:
             raise EngineError(f"TensorRT could not create an execution context for {artifact} (out of GPU memory?)")
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
@@ -150,6 +158,10 @@ class TensorRtBackend:
         self.batch = manifest.batch
 
     def run(self, pixels: Any, outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        with torch.cuda.device(self.device):
+            return self._run(pixels, outputs)
+
+    def _run(self, pixels: Any, outputs: Sequence[str]) -> dict[str, np.ndarray]:
         n = int(pixels.shape[0])
         if not self.batch.min <= n <= self.batch.max:
             raise ValueError(f"batch of {n} is outside the plan's profile {self.batch.min}..{self.batch.max}")

@@ -127,3 +127,10 @@ def test_other_inputs_are_copied_to_a_contiguous_tensor_of_the_engine_dtype() ->
     np.testing.assert_allclose(from_numpy.numpy(), array, rtol=1e-6)
     assert from_view.dtype == torch.float16 and from_view.is_contiguous()
     torch.testing.assert_close(from_view.float(), view, atol=1e-3, rtol=1e-3)
+
+
+def test_a_plan_runs_on_the_daemons_cuda_device_when_it_names_one() -> None:
+    from engines.backends.tensorrt import cuda_device
+
+    assert cuda_device("cuda:1") == torch.device("cuda", 1)
+    assert cuda_device("cuda").type == "cuda" and cuda_device("cpu").type == "cuda"
