@@ -10,6 +10,9 @@ from sqlalchemy import text
 
 from daemon.records import EngineIdentity
 from daemon.repository import VerdictRepository
+from engines.manifest import BackendSpec, EngineManifest
+from engines.preprocess import InputContract
+from engines.recipes import TaskSpec
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +34,24 @@ def documented_queries() -> list[tuple[str, str]]:
 QUERIES = documented_queries()
 
 
+def served_engine(identity: EngineIdentity) -> EngineManifest:
+    """The manifest of the documented engine, as the daemon records it in the engines table."""
+    return EngineManifest(
+        name=identity.name,
+        version=identity.version,
+        recipe="siglip2-binary-b16-256",
+        recipe_sha256="cd" * 32,
+        detector="siglip_binary",
+        task=TaskSpec(),
+        input=InputContract(size=256),
+        backend=BackendSpec(name="onnxruntime", version="1.20", onnx_opset=18),
+        artifact="model.onnx",
+        artifact_sha256=identity.artifact_sha256,
+        weights_sha256="ef" * 32,
+        evaluation={"val_roc_auc": 0.97},
+    )
+
+
 def test_the_docs_show_queries():
     assert len([name for name, _ in QUERIES if name.startswith("deploy/")]) >= 5
 
@@ -44,6 +65,7 @@ def test_documented_query_runs(query, db_engine, make_verdict):
     error = {"status": "error", "label": None, "p_fake": None, "code": "corrupt_media", "detail": "moov atom not found"}
     for version, overrides in ((1, {}), (2, {"label": "real", "p_fake": 0.125}), (2, error)):
         engine = EngineIdentity("siglip2-b16", version, "ab" * 32)
+        repository.record_engine(served_engine(engine))
         repository.save(make_verdict(engine=engine, media_uri=clip, **overrides))
     # When the documented statement runs
     with db_engine.connect() as connection:
