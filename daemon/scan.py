@@ -143,7 +143,7 @@ def run_scan(
     worker.start()
     try:
         for batch in _batches(prepared, max(engines.current().manifest.batch.opt, 1)):
-            scores = iter(infer(engines.current(), batch))
+            scores = iter(infer(engines.current(), batch, masks=config.masks))
             for item in batch:
                 manifest = (item.engine or engines.current()).manifest
                 record = verdict(item, next(scores) if item.pixels is not None else None, manifest, config)

@@ -68,7 +68,7 @@ def judge_batch(engine: LoadedEngine, batch: Sequence[Work], metrics: StreamMetr
     prepared = [w.prepared for w in batch if w.prepared is not None]
     frames = sum(w.frames for w in batch)
     started = time.perf_counter()
-    scores = iter(infer(engine, prepared))
+    scores = iter(infer(engine, prepared, masks=any(w.config.masks for w in batch)))
     infer_ms = round((time.perf_counter() - started) * 1000.0, 2)
     if frames:
         metrics.stage_seconds.labels(stage="infer").observe(infer_ms / 1000.0)
