@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from engines.manifest import BackendSpec, EngineManifest
+from engines.preprocess import InputContract
+from engines.recipes import TaskSpec
 from engines.store import EngineStore
 
 # Small enough for CI (about 30 s on two cores), large enough that the engine separates the demo media.
@@ -50,3 +54,26 @@ def full_frame_store(tmp_path_factory: pytest.TempPathFactory) -> EngineStore:
     store = EngineStore(tmp_path_factory.mktemp("full-engines"))
     build_onnx_engine(build_detector(recipe), recipe, store, "tiny-full", threshold=0.5)
     return store
+
+
+@pytest.fixture
+def engine_manifest() -> Callable[..., EngineManifest]:
+    """``engine_manifest(name, **fields)``: a valid binary ONNX Runtime manifest (no artifact behind it) for
+    tests of what records, lists or joins engines; ``fields`` override the defaults."""
+
+    def make(name: str = "demo", **fields: object) -> EngineManifest:
+        values: dict[str, object] = {
+            "name": name,
+            "recipe": "demo-tiny",
+            "recipe_sha256": "ab" * 32,
+            "detector": "siglip_binary",
+            "task": TaskSpec(),
+            "input": InputContract(size=64),
+            "backend": BackendSpec(name="onnxruntime", version="1.20", onnx_opset=18),
+            "artifact": "model.onnx",
+            "artifact_sha256": "cd" * 32,
+            "weights_sha256": "ef" * 32,
+        }
+        return EngineManifest(**(values | fields))
+
+    return make

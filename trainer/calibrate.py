@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 from scipy.optimize import minimize_scalar
+from sklearn import metrics
 from sklearn.isotonic import IsotonicRegression
 
 from engines.manifest import Calibration
@@ -63,16 +64,14 @@ def _checked(scores: np.ndarray, labels: np.ndarray, what: str = "logits") -> tu
     return z, y
 
 
-def negative_log_likelihood(p: np.ndarray, labels: np.ndarray, eps: float = 1e-12) -> float:
-    """Mean binary cross-entropy of P(fake) ``p`` (clipped to [eps, 1 − eps]) against labels (1 = fake)."""
-    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps)
-    y = np.asarray(labels, dtype=np.float64)
-    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
+def negative_log_likelihood(p: np.ndarray, labels: np.ndarray) -> float:
+    """Mean binary cross-entropy of P(fake) ``p`` against labels (1 = fake); scikit-learn clips p away from 0 and 1."""
+    return float(metrics.log_loss(np.asarray(labels), np.asarray(p, dtype=np.float64), labels=[0, 1]))
 
 
 def brier_score(p: np.ndarray, labels: np.ndarray) -> float:
     """Mean squared difference between P(fake) and the label."""
-    return float(np.mean((np.asarray(p, dtype=np.float64) - np.asarray(labels, dtype=np.float64)) ** 2))
+    return float(metrics.brier_score_loss(np.asarray(labels), np.asarray(p, dtype=np.float64), pos_label=1))
 
 
 def expected_calibration_error(p: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:

@@ -121,7 +121,13 @@ def fake_labels(dataset: ManifestDataset) -> np.ndarray:
 
 
 def baseline(
-    store: EngineStore, name: str, run: TrainedRun, data: Path, metric: str, options: BackendOptions
+    store: EngineStore,
+    name: str,
+    run: TrainedRun,
+    data: Path,
+    metric: str,
+    options: BackendOptions,
+    log: Callable[[str], None] = print,
 ) -> tuple[int, float] | None:
     """The current engine's metric on the same validation items, preprocessed by its own input contract and
     judged at its own threshold. If it cannot run here (a TensorRT plan for another GPU), its recorded
@@ -134,7 +140,7 @@ def baseline(
         current = load_engine(path, options=options)
     except EngineError as e:
         recorded = EngineManifest.read(path).evaluation.get(f"val_{metric}")
-        print(f"current engine v{version} cannot run here ({e}); comparing with its recorded val_{metric}")
+        log(f"current engine v{version} cannot run here ({e}); comparing with its recorded val_{metric}")
         return version, float(recorded) if isinstance(recorded, int | float) else float("nan")
     recipe = run.recipe.model_copy(update={"input": current.manifest.input})
     dataset = dataset_for(data, "val", recipe)
@@ -188,7 +194,7 @@ def rebuild_engine(store: EngineStore, options: RebuildOptions, log: Callable[[s
         log(f"calibration {options.calibration}: {fitted.report}; threshold {fitted.threshold:.4f}")
         p_fake = fitted.calibration.p_fake_array(logits)
         figures = binary_metrics(labels, p_fake, fitted.threshold)
-        reference = baseline(store, options.name, run, data, options.metric, backend_options)
+        reference = baseline(store, options.name, run, data, options.metric, backend_options, log)
         gate = decide(figures[options.metric], reference, options.metric, options.max_metric_drop)
         evaluation = {
             **draft.evaluation,

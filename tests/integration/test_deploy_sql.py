@@ -10,9 +10,6 @@ from sqlalchemy import text
 
 from daemon.records import EngineIdentity
 from daemon.repository import VerdictRepository
-from engines.manifest import BackendSpec, EngineManifest
-from engines.preprocess import InputContract
-from engines.recipes import TaskSpec
 
 pytestmark = pytest.mark.integration
 
@@ -34,38 +31,27 @@ def documented_queries() -> list[tuple[str, str]]:
 QUERIES = documented_queries()
 
 
-def served_engine(identity: EngineIdentity) -> EngineManifest:
-    """The manifest of the documented engine, as the daemon records it in the engines table."""
-    return EngineManifest(
-        name=identity.name,
-        version=identity.version,
-        recipe="siglip2-binary-b16-256",
-        recipe_sha256="cd" * 32,
-        detector="siglip_binary",
-        task=TaskSpec(),
-        input=InputContract(size=256),
-        backend=BackendSpec(name="onnxruntime", version="1.20", onnx_opset=18),
-        artifact="model.onnx",
-        artifact_sha256=identity.artifact_sha256,
-        weights_sha256="ef" * 32,
-        evaluation={"val_roc_auc": 0.97},
-    )
-
-
 def test_the_docs_show_queries():
     assert len([name for name, _ in QUERIES if name.startswith("deploy/")]) >= 5
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("query", [statement for _, statement in QUERIES], ids=[name for name, _ in QUERIES])
-def test_documented_query_runs(query, db_engine, make_verdict):
+def test_documented_query_runs(query, db_engine, make_verdict, engine_manifest):
     # Given today's verdicts of two versions of the documented engine on the documented clip: fake, real, error
     repository = VerdictRepository(db_engine)
     clip = "file:///srv/uploads/clip.mp4"
     error = {"status": "error", "label": None, "p_fake": None, "code": "corrupt_media", "detail": "moov atom not found"}
     for version, overrides in ((1, {}), (2, {"label": "real", "p_fake": 0.125}), (2, error)):
         engine = EngineIdentity("siglip2-b16", version, "ab" * 32)
-        repository.record_engine(served_engine(engine))
+        manifest = engine_manifest(
+            engine.name,
+            version=version,
+            artifact_sha256=engine.artifact_sha256,
+            recipe="siglip2-binary-b16-256",
+            evaluation={"val_roc_auc": 0.97},
+        )
+        repository.record_engine(manifest)
         repository.save(make_verdict(engine=engine, media_uri=clip, **overrides))
     # When the documented statement runs
     with db_engine.connect() as connection:

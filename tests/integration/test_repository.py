@@ -13,9 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from daemon.records import EngineIdentity, VerdictRecord
 from daemon.repository import SavedVerdict, VerdictRepository
-from engines.manifest import BackendSpec, Calibration, EngineManifest
-from engines.preprocess import InputContract
-from engines.recipes import TaskSpec
+from engines.manifest import Calibration, EngineManifest
 
 pytestmark = pytest.mark.integration
 
@@ -201,28 +199,25 @@ def test_postgresql_refuses_truncate(db_engine: Engine) -> None:
 # --- engines ---------------------------------------------------------------------------------------------------
 
 
-def served_manifest(name: str, artifact_sha256: str = "c" * 64) -> EngineManifest:
-    """An engine under a name unique to the test: the database is shared and engines are append-only."""
-    return EngineManifest(
-        name=name,
-        version=1,
-        recipe="demo-tiny",
-        recipe_sha256="a" * 64,
-        detector="siglip_binary",
-        task=TaskSpec(),
-        input=InputContract(size=64),
-        backend=BackendSpec(name="onnxruntime", version="1.20", onnx_opset=18),
-        artifact="model.onnx",
-        artifact_sha256=artifact_sha256,
-        weights_sha256="b" * 64,
-        calibration=Calibration(method="isotonic", logits=(-1.0, 1.0), probabilities=(0.2, 0.7)),
-        threshold=0.61,
-        evaluation={"auc": 0.97},
-    )
+@pytest.fixture
+def served_manifest(engine_manifest):
+    """``served_manifest(name)``: tests name engines uniquely, as the database is shared and engines append-only."""
+
+    def make(name: str, artifact_sha256: str = "c" * 64) -> EngineManifest:
+        return engine_manifest(
+            name,
+            version=1,
+            artifact_sha256=artifact_sha256,
+            calibration=Calibration(method="isotonic", logits=(-1.0, 1.0), probabilities=(0.2, 0.7)),
+            threshold=0.61,
+            evaluation={"auc": 0.97},
+        )
+
+    return make
 
 
 def test_an_engine_is_recorded_once_and_verdicts_join_to_it(
-    repository: VerdictRepository, db_engine: Engine, make_verdict: MakeVerdict
+    repository: VerdictRepository, db_engine: Engine, make_verdict: MakeVerdict, served_manifest
 ) -> None:
     # Given an engine recorded twice (two daemons loading it) and a verdict it made
     manifest = served_manifest(f"demo-{uuid.uuid4().hex}")
@@ -244,7 +239,9 @@ def test_an_engine_is_recorded_once_and_verdicts_join_to_it(
     assert [m for m in repository.engine_manifests() if m.name == manifest.name] == [manifest]
 
 
-def test_a_rebuilt_artifact_under_the_same_version_is_a_different_engine(repository: VerdictRepository) -> None:
+def test_a_rebuilt_artifact_under_the_same_version_is_a_different_engine(
+    repository: VerdictRepository, served_manifest
+) -> None:
     # Given two stores that built "demo v1" from different weights; When both are recorded; Then both rows exist
     name = f"demo-{uuid.uuid4().hex}"
     assert repository.record_engine(served_manifest(name, artifact_sha256="c" * 64))
@@ -252,7 +249,9 @@ def test_a_rebuilt_artifact_under_the_same_version_is_a_different_engine(reposit
     assert [m.artifact_sha256[0] for m in repository.engine_manifests() if m.name == name] == ["c", "d"]
 
 
-def test_the_database_refuses_to_change_a_recorded_engine(repository: VerdictRepository, db_engine: Engine) -> None:
+def test_the_database_refuses_to_change_a_recorded_engine(
+    repository: VerdictRepository, db_engine: Engine, served_manifest
+) -> None:
     repository.record_engine(served_manifest(f"demo-{uuid.uuid4().hex}"))
     for statement in ("UPDATE engines SET threshold = 0.1", "DELETE FROM engines"):
         with pytest.raises(IntegrityError, match="append-only"), db_engine.begin() as connection:

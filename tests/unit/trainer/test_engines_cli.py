@@ -10,38 +10,23 @@ from pathlib import Path
 import pytest
 
 from engines.manifest import BackendSpec, EngineManifest
-from engines.preprocess import InputContract
-from engines.recipes import TaskSpec
 from engines.store import EngineStore
 from trainer.cli import main
 
 
-def make_manifest(name: str, **fields: object) -> EngineManifest:
-    values: dict[str, object] = {
-        "name": name,
-        "recipe": "demo-tiny",
-        "recipe_sha256": "ab" * 32,
-        "detector": "siglip_binary",
-        "task": TaskSpec(),
-        "input": InputContract(size=64),
-        "backend": BackendSpec(name="onnxruntime", version="1.0", precision="fp16"),
-        "artifact": "model.onnx",
-        "artifact_sha256": "cd" * 32,
-        "weights_sha256": "ef" * 32,
-        "built_at": datetime(2025, 3, 4, 5, 6, tzinfo=UTC),
-    }
-    return EngineManifest(**(values | fields))
-
-
 @pytest.fixture
-def store(tmp_path: Path) -> EngineStore:
+def store(tmp_path: Path, engine_manifest) -> EngineStore:
     """``demo`` v1–v3 (v2 current, promoted after v1) and ``other`` v1 (never promoted)."""
     artifact = tmp_path / "model.onnx"
     artifact.write_bytes(b"not really onnx")
     store = EngineStore(tmp_path / "engines")
+    common = {
+        "backend": BackendSpec(name="onnxruntime", version="1.0", precision="fp16"),
+        "built_at": datetime(2025, 3, 4, 5, 6, tzinfo=UTC),
+    }
     for auc in (0.91, 0.93, 0.95):
-        store.add(make_manifest("demo", threshold=0.4, evaluation={"val_roc_auc": auc}), artifact)
-    store.add(make_manifest("other", recipe="sd2-vit"), artifact)
+        store.add(engine_manifest("demo", threshold=0.4, evaluation={"val_roc_auc": auc}, **common), artifact)
+    store.add(engine_manifest("other", recipe="sd2-vit", **common), artifact)
     store.promote("demo", 1)
     store.promote("demo", 2)
     return store
