@@ -52,6 +52,41 @@ class Settings(BaseSettings):
     inference_threads: int = Field(default=0, ge=0, description="engine threads; 0 = runtime default")
     prefetch: int = Field(default=2, ge=1, le=64, description="media decoded ahead of inference")
     max_media_bytes: int = Field(default=2 << 30, gt=0, description="larger media become error verdicts")
+    # --- media budgets: checked from the header/probe before any large allocation (engines.budgets) ---
+    max_image_pixels: int = Field(
+        default=100_000_000, gt=0, description="larger still images are refused (too_many_pixels); 8K photos pass"
+    )
+    max_frame_pixels: int = Field(
+        default=36_000_000, gt=0, description="videos with larger frames are refused (too_many_pixels); 8K passes"
+    )
+    max_video_pixels: int = Field(
+        default=1_000_000_000_000, gt=0, description="frame count × frame pixels a video may hold (too_many_pixels)"
+    )
+    max_duration_s: float = Field(default=7200.0, gt=0, description="longer videos are refused (too_long)")
+    max_frames_per_job: int = Field(
+        default=128, ge=1, le=1024, description="frames a job may ask for (options.frames); more: too_many_frames"
+    )
+    job_frame_budget_mb: int = Field(
+        default=1024, ge=16, description="decoded frames of one job; larger frames are decoded downscaled to fit"
+    )
+    detect_max_side: int = Field(
+        default=1280, ge=160, description="face detection runs on a copy whose long side is at most this"
+    )
+    # --- poison jobs and dependency timeouts (`daemon run`) ---
+    poison_max_attempts: int = Field(
+        default=3, ge=1, description="deliveries a job may start without finishing before it is answered poison_job"
+    )
+    db_connect_timeout_s: float = Field(default=5.0, gt=0, description="database connect timeout")
+    db_statement_timeout_s: float = Field(default=30.0, gt=0, description="database statement timeout")
+    dependency_timeout_s: float = Field(
+        default=5.0, gt=0, description="a database or broker probe unanswered this long makes the daemon unready"
+    )
+    kafka_request_timeout_ms: int = Field(
+        default=15_000,
+        ge=1000,
+        le=110_000,
+        description="one broker request, then retried (producer: below its delivery timeout)",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = Field(default="auto", description="auto = JSON unless a terminal")
 
@@ -123,6 +158,8 @@ class Settings(BaseSettings):
     def _heartbeat_below_session(self) -> Settings:
         if self.kafka_heartbeat_interval_ms * 3 > self.kafka_session_timeout_ms:
             raise ValueError("kafka_heartbeat_interval_ms must be at most a third of kafka_session_timeout_ms")
+        if self.frames_per_video > self.max_frames_per_job:
+            raise ValueError("frames_per_video must be at most max_frames_per_job")
         if self.kafka_sasl_mechanism and not self.kafka_security_protocol.startswith("SASL"):
             raise ValueError("kafka_sasl_mechanism needs kafka_security_protocol SASL_PLAINTEXT or SASL_SSL")
         return self
