@@ -3,12 +3,22 @@
 Saving is idempotent per (job, engine name, engine version), so a Kafka re-delivery after a crash
 between the SQL commit and the offset commit stores nothing twice. The unique constraint decides
 races between daemons, not a read-then-write check.
+
+Every text and JSON value is made storable here, whatever path it came by (the job schema refuses such
+values, but ``daemon scan`` of a file whose name is not UTF-8, or an exception's message, can carry them):
+NUL and lone surrogates become U+FFFD, non-finite numbers in JSON become null, identically on SQLite and
+PostgreSQL. PostgreSQL refuses NUL in text and JSONB and NaN in JSONB; neither database can encode a surrogate.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Engine, column, func, select, table
 from sqlalchemy.exc import IntegrityError
@@ -57,6 +67,49 @@ _PLAIN_FIELDS = (
     "decoder_note",
 )
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT_CHARACTER = "\ufffd"
+MAX_JSON_DEPTH = 64  # deeper JSON is cut to null: the JSON encoders recurse
+
+
+def safe_text(value: str) -> str:
+    """``value`` as both databases store it: NUL and lone surrogates become U+FFFD (a surrogate pair, such as
+    ``surrogatepass`` decoding leaves, becomes its character)."""
+    if not _UNSTORABLE.search(value):
+        return value
+    joined = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return joined.replace("\x00", REPLACEMENT_CHARACTER)
+
+
+def safe_json(value: Any, depth: int = 0) -> Any:
+    """``value`` as strict JSON both databases store: safe text, finite numbers (else null), string keys,
+    bounded depth; a value JSON has no type for becomes its text."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        return number if math.isfinite(number) else None
+    if depth >= MAX_JSON_DEPTH:
+        return None
+    if isinstance(value, Mapping):
+        return {safe_text(str(key)): safe_json(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [safe_json(item, depth + 1) for item in value]
+    return safe_text(str(value))
+
+
+def _storable(value: Any) -> Any:
+    """A plain column's value made safe: text columns through ``safe_text``, JSON columns through ``safe_json``."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, Mapping):
+        return safe_json(value)
+    return value
+
 
 @dataclass(frozen=True)
 class SavedVerdict:
@@ -70,6 +123,7 @@ class VerdictRepository:
     """Append-only store of verdicts; database outages surface as ``RetryableError``."""
 
     def __init__(self, engine: Engine) -> None:
+        self.engine = engine  # the database engine, for stores that share its connections (daemon.attempts)
         self._sessions = session_factory(engine)
 
     def save(self, record: VerdictRecord) -> SavedVerdict:
@@ -90,8 +144,8 @@ class VerdictRepository:
     def find_id(self, job_id: str, engine: EngineIdentity) -> int | None:
         """The id of this engine's verdict for the job, so a re-delivered job can skip inference."""
         query = select(Verdict.id).where(
-            Verdict.job_id == job_id,
-            Verdict.engine_name == engine.name,
+            Verdict.job_id == safe_text(job_id),  # as ``save`` stored it
+            Verdict.engine_name == safe_text(engine.name),
             Verdict.engine_version == engine.version,
         )
         with translate_outages(), self._sessions() as session:
@@ -107,7 +161,8 @@ class VerdictRepository:
 
     def latest_for_job(self, job_id: str) -> VerdictRecord | None:
         """The newest verdict for a job across engines, as the ``latest_verdicts`` view defines it."""
-        newest_id = select(_latest_verdicts.c.id).where(_latest_verdicts.c.job_id == job_id).scalar_subquery()
+        latest = _latest_verdicts.c
+        newest_id = select(latest.id).where(latest.job_id == safe_text(job_id)).scalar_subquery()
         query = select(Verdict).where(Verdict.id == newest_id).options(*_WITH_CHILDREN)
         with translate_outages(), self._sessions() as session:
             row = session.scalar(query)
@@ -187,13 +242,14 @@ def _engine_row(manifest: EngineManifest) -> EngineRow:
 
 
 def _to_row(record: VerdictRecord) -> Verdict:
-    """Flatten the record: engine identity into three columns, boxes into x0..y1, children into rows."""
+    """Flatten the record: engine identity into three columns, boxes into x0..y1, children into rows; every
+    text and JSON value made storable."""
     row = Verdict(
-        **{name: getattr(record, name) for name in _PLAIN_FIELDS},
-        engine_name=record.engine.name,
+        **{name: _storable(getattr(record, name)) for name in _PLAIN_FIELDS},
+        engine_name=safe_text(record.engine.name),
         engine_version=record.engine.version,
-        engine_artifact_sha256=record.engine.artifact_sha256,
-        job_metadata=record.metadata,
+        engine_artifact_sha256=safe_text(record.engine.artifact_sha256),
+        job_metadata=safe_json(record.metadata),
         frames=[_frame_row(frame) for frame in record.frames],
         tracks=[_track_row(track) for track in record.tracks],
         masks=[_mask_row(mask) for mask in record.masks],

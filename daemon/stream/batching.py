@@ -16,16 +16,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-import numpy as np
 import structlog
 
-from daemon.pipeline import infer, verdict
+from daemon.pipeline import PreparedMedia, engine_identity, infer, verdict
 from daemon.records import VerdictRecord
 from daemon.stream.metrics import StreamMetrics
 from daemon.stream.work import Judged, Work, put, take
-from engines.backends import LoadedEngine
+from engines.backends import EngineOutputs, LoadedEngine
+from engines.manifest import EngineManifest
 
 log = structlog.get_logger(__name__)
+
+DETAIL_CHARS = 1000  # of an unexpected error's repr in a verdict
 
 
 class MicroBatcher:
@@ -64,11 +66,11 @@ def judge_batch(engine: LoadedEngine, batch: Sequence[Work], metrics: StreamMetr
     """One engine call per engine for the batch's pixels, then one verdict per job (None for jobs judged before).
 
     Jobs are scored by the engine they were prepared for; ``engine`` (the serving one) judges any prepared
-    without one."""
+    without one. Whatever fails, each job gets a verdict of its own: the stage never ends over one job."""
     prepared = [w.prepared for w in batch if w.prepared is not None]
     frames = sum(w.frames for w in batch)
     started = time.perf_counter()
-    scores = iter(infer(engine, prepared, masks=any(w.config.masks for w in batch)))
+    scores = iter(_infer(engine, prepared, masks=any(w.config.masks for w in batch)))
     infer_ms = round((time.perf_counter() - started) * 1000.0, 2)
     if frames:
         metrics.stage_seconds.labels(stage="infer").observe(infer_ms / 1000.0)
@@ -80,14 +82,23 @@ def judge_batch(engine: LoadedEngine, batch: Sequence[Work], metrics: StreamMetr
             judged.append(Judged(work, None))
             continue
         has_pixels = work.prepared.pixels is not None
-        record = _verdict(work, next(scores) if has_pixels else None, engine)
+        record = _verdict(work, next(scores, None) if has_pixels else None, engine)
         if has_pixels:
             record = replace(record, timings_ms={**record.timings_ms, "infer": infer_ms, "batch_frames": frames})
         judged.append(Judged(work, record))
     return judged
 
 
-def _verdict(work: Work, scores: np.ndarray | Exception | None, engine: LoadedEngine) -> VerdictRecord:
+def _infer(engine: LoadedEngine, prepared: list[PreparedMedia], masks: bool) -> list[EngineOutputs | Exception]:
+    """The engine outputs per job with pixels; if the call itself raises, that is each such job's failure."""
+    try:
+        return infer(engine, prepared, masks=masks)
+    except Exception as e:  # infer already isolates failing jobs: this is a bug around the engine calls
+        log.exception("infer_failed", jobs=len(prepared))
+        return [e] * sum(1 for p in prepared if p.pixels is not None)
+
+
+def _verdict(work: Work, scores: EngineOutputs | Exception | None, engine: LoadedEngine) -> VerdictRecord:
     """One job's verdict; a failure here (a bug) is that job's error verdict, never the batch's or the daemon's."""
     assert work.prepared is not None
     manifest = (work.prepared.engine or engine).manifest
@@ -95,8 +106,29 @@ def _verdict(work: Work, scores: np.ndarray | Exception | None, engine: LoadedEn
         return verdict(work.prepared, scores, manifest, work.config)
     except Exception as e:
         log.exception("verdict_failed", job_id=work.job_id)
-        failed = replace(work.prepared, regions=(), pixels=None, outcome=("error", "internal_error", repr(e)))
+        error = e
+    failed = replace(work.prepared, regions=(), pixels=None, outcome=("error", "internal_error", _describe(error)))
+    try:
         return verdict(failed, None, manifest, work.config)
+    except Exception:  # even the error verdict cannot be built from what the job holds: build it bare
+        log.exception("error_verdict_failed", job_id=work.job_id)
+        return _bare_error(work.prepared, manifest, _describe(error))
+
+
+def _bare_error(prepared: PreparedMedia, manifest: EngineManifest, detail: str) -> VerdictRecord:
+    """An ``internal_error`` verdict from the job's id and media URI alone."""
+    job = prepared.job
+    return VerdictRecord(
+        job_id=job.job_id, source=job.source, media_uri=job.uri, status="error", engine=engine_identity(manifest),
+        code="internal_error", detail=detail,
+    )  # fmt: skip
+
+
+def _describe(error: Exception) -> str:
+    try:
+        return repr(error)[:DETAIL_CHARS]
+    except Exception:  # an exception whose repr raises
+        return type(error).__name__
 
 
 def batch_worker(

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import structlog
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
-from kafka.errors import KafkaError, MessageSizeTooLargeError
+from kafka.errors import AuthorizationError, BrokerResponseError, KafkaError, MessageSizeTooLargeError
 
 from daemon.settings import Settings
 from daemon.stream.offsets import PartitionKey
@@ -56,6 +56,9 @@ def make_consumer(settings: Settings, max_poll_records: int) -> KafkaConsumer:
         auto_offset_reset="earliest",  # a new group starts with the jobs already waiting
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        # a request to a silent broker fails after this and is retried on a new connection (kafka-python ≥ 3 waits
+        # longer for JoinGroup on its own: up to the rebalance timeout, so joining is not cut short)
+        request_timeout_ms=settings.kafka_request_timeout_ms,
         max_poll_records=max_poll_records,
         allow_auto_create_topics=False,
         **client_config(settings),
@@ -63,8 +66,15 @@ def make_consumer(settings: Settings, max_poll_records: int) -> KafkaConsumer:
 
 
 def make_producer(settings: Settings) -> KafkaProducer:
-    """For dead letters and result events: acknowledged by all in-sync replicas before a job counts as done."""
-    return KafkaProducer(acks="all", linger_ms=2, **client_config(settings))
+    """For dead letters and result events: acknowledged by all in-sync replicas before a job counts as done.
+
+    A send waits for metadata at most one request timeout (kafka-python's default is 60 s), so a silent broker
+    becomes a retryable error in about the time the acknowledgement would have taken.
+    """
+    timeout_ms = settings.kafka_request_timeout_ms
+    return KafkaProducer(
+        acks="all", linger_ms=2, request_timeout_ms=timeout_ms, max_block_ms=timeout_ms, **client_config(settings)
+    )
 
 
 def to_keys(partitions: Iterable[TopicPartition]) -> set[PartitionKey]:
@@ -111,11 +121,20 @@ class PartitionListener(AsyncConsumerRebalanceListener):
 
 
 def send_and_wait(producer: KafkaProducer, topic: str, key: bytes | None, value: bytes) -> None:
-    """Produce one record and wait for its acknowledgement; broker trouble is a ``RetryableError``."""
+    """Produce one record and wait for its acknowledgement; broker trouble is a ``RetryableError``.
+
+    A broker's refusal of this one record (too large, invalid, corrupt: a non-retriable broker response) is
+    raised as it is, so the caller can shrink or drop the record instead of retrying it forever. Authorization
+    failures stay retryable: they are configuration an operator fixes, and dropping records meanwhile would
+    lose them."""
     try:
         producer.send(topic, key=key, value=value).get(timeout=SEND_TIMEOUT_S)
     except MessageSizeTooLargeError:
         raise
+    except BrokerResponseError as e:
+        if not e.retriable and not isinstance(e, AuthorizationError):
+            raise
+        raise RetryableError(f"kafka unavailable: {type(e).__name__}: {e}") from e
     except KafkaError as e:
         raise RetryableError(f"kafka unavailable: {type(e).__name__}: {e}") from e
 

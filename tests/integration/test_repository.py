@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -256,3 +257,43 @@ def test_the_database_refuses_to_change_a_recorded_engine(
     for statement in ("UPDATE engines SET threshold = 0.1", "DELETE FROM engines"):
         with pytest.raises(IntegrityError, match="append-only"), db_engine.begin() as connection:
             connection.execute(text(statement))
+
+
+# --- values neither database can hold: made safe here, whatever path they came by ----------------------
+
+UNSAFE_JOB_ID = os.fsdecode(b"scan-\xff\xfe-clip.mp4")  # a file name that is not UTF-8: surrogate escapes
+
+
+def test_nul_surrogates_and_non_finite_numbers_are_stored_safely(
+    repository: VerdictRepository, make_verdict: MakeVerdict
+) -> None:
+    # Given a verdict carrying NUL, lone surrogates and NaN/Infinity in its text and JSON (as `daemon scan`
+    # of an odd file name, or an exception message, can produce)
+    job_id = f"{UNSAFE_JOB_ID}-{uuid.uuid4().hex}"
+    record = make_verdict(
+        job_id=job_id,
+        media_uri=f"file:///media/{UNSAFE_JOB_ID}\x00",
+        detail="ValueError('\x00 and \ud800')",
+        class_probs={"real": float("nan"), "synthetic": 0.5},
+        timings_ms={"decode": float("inf")},
+        metadata={"k\x00": ["v\x00", float("-inf"), "\udc80"], "ok": {"n": 1, "s": "é😀"}},
+    )
+    # When it is saved and read back
+    saved = repository.save(record)
+    stored = repository.get(saved.id)
+    # Then NUL and lone surrogates are U+FFFD, non-finite numbers in JSON are null, the rest is unchanged
+    assert stored.job_id == job_id.replace("\udcff", "\ufffd").replace("\udcfe", "\ufffd")
+    assert stored.media_uri == "file:///media/scan-\ufffd\ufffd-clip.mp4\ufffd"
+    assert stored.detail == "ValueError('\ufffd and \ufffd')"
+    assert stored.class_probs == {"real": None, "synthetic": 0.5}
+    assert stored.timings_ms == {"decode": None}
+    assert stored.metadata == {"k\ufffd": ["v\ufffd", None, "\ufffd"], "ok": {"n": 1, "s": "é😀"}}
+    assert replace(stored, created_at=None, job_id=job_id) == replace(
+        record, media_uri=stored.media_uri, detail=stored.detail, class_probs=stored.class_probs,
+        timings_ms=stored.timings_ms, metadata=stored.metadata,
+    )  # fmt: skip
+    # and the job is found, and a re-delivery stored once, under the id it was given
+    assert repository.find_id(job_id, record.engine) == saved.id
+    assert repository.save(record) == SavedVerdict(saved.id, created=False)
+    latest = repository.latest_for_job(job_id)
+    assert latest is not None and latest.metadata == stored.metadata

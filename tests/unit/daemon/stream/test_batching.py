@@ -128,3 +128,53 @@ def test_gpu_and_host_pixels_of_one_engine_go_in_separate_calls(engine, make_wor
     # Then each placement is one engine call, and both jobs get their own scores
     assert sorted(counting.backend.calls) == [2, 3]
     assert [(j.record.status, len(j.record.frames)) for j in judged] == [("ok", 3), ("ok", 2)]
+
+
+def test_a_job_whose_verdict_cannot_be_built_gets_an_internal_error_and_the_batch_goes_on(engine, make_work):
+    # Given a batch where one job's regions do not match its pixels (a preparation bug)
+    size = engine.manifest.input.size
+    broken = make_work(3, 1, size=size)
+    broken = replace(broken, prepared=replace(broken.prepared, regions=broken.prepared.regions[:2]))
+    batch = [make_work(2, 0, size=size), broken, make_work(1, 2, size=size)]
+    # When the batch is judged
+    judged = judge_batch(engine, batch, StreamMetrics())
+    # Then that job alone is an internal_error verdict that says why; its neighbours are scored
+    assert [j.record.status for j in judged] == ["ok", "error", "ok"]
+    assert judged[1].record.code == "internal_error" and "ValueError" in judged[1].record.detail
+    assert judged[1].record.job_id == "job-1" and judged[1].record.frames == ()
+
+
+class _Unreadable:
+    """Media facts whose every attribute raises: even the error verdict cannot be built from them."""
+
+    def __getattr__(self, name: str):
+        raise RuntimeError(f"cannot read {name}")
+
+
+def test_a_job_whose_error_verdict_cannot_be_built_either_gets_a_bare_one(engine, make_work):
+    work = make_work(0, 3, outcome=("error", "not_media", "why"))
+    work = replace(work, prepared=replace(work.prepared, facts=_Unreadable()))
+    [judged] = judge_batch(engine, [work], StreamMetrics())
+    record = judged.record
+    assert (record.job_id, record.status, record.code) == ("job-3", "error", "internal_error")
+    assert record.media_uri == "file:///m/3.png" and record.engine.name == engine.manifest.name
+    assert "cannot read" in record.detail
+
+
+def test_an_engine_call_that_raises_fails_the_jobs_it_scored_not_the_stage(engine, make_work, monkeypatch):
+    # Given inference that raises outright (a bug around the engine calls)
+    def broken_infer(*args, **kwargs):
+        raise RuntimeError("engine exploded")
+
+    monkeypatch.setattr("daemon.stream.batching.infer", broken_infer)
+    size = engine.manifest.input.size
+    batch = [make_work(2, 0, size=size), make_work(0, 1, outcome=("error", "not_media", "t")), make_work(0, 2)]
+    # When a batch is judged
+    judged = judge_batch(engine, batch, StreamMetrics())
+    # Then the job with pixels gets an inference_failed verdict; the others are as they would be
+    assert [(j.record.status, j.record.code) if j.record else None for j in judged] == [
+        ("error", "inference_failed"),
+        ("error", "not_media"),
+        None,
+    ]
+    assert "engine exploded" in judged[0].record.detail

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
+from kafka.errors import MessageSizeTooLargeError
+from sqlalchemy import Engine, text
+
+from daemon.db import make_engine, upgrade_database
 from daemon.records import EngineIdentity, VerdictRecord
-from daemon.repository import SavedVerdict
+from daemon.repository import SavedVerdict, VerdictRepository
 from daemon.stream.metrics import StreamMetrics
 from daemon.stream.persist import PersistContext, persist
+from daemon.stream.retry import Abandoned, Backoff
 from daemon.stream.work import Judged
 from engines.errors import RetryableError
 
@@ -55,13 +64,21 @@ class Future:
 
 
 class Producer:
-    def __init__(self, log: Log, failures: int = 0) -> None:
+    """Fails ``failures`` sends as an outage; refuses values over ``max_bytes`` as kafka-python does; ``refuse``
+    raises for every send to that topic (a per-message error that is no outage)."""
+
+    def __init__(self, log: Log, failures: int = 0, max_bytes: int = 1 << 20, refuse: str | None = None) -> None:
         self.log, self.failures, self.sent = log, failures, []
+        self.max_bytes, self.refuse = max_bytes, refuse
 
     def send(self, topic: str, key: bytes, value: bytes) -> Future:
         if self.failures:
             self.failures -= 1
             return Future(fail=True)
+        if len(value) > self.max_bytes:
+            raise MessageSizeTooLargeError(f"{len(value)} bytes")
+        if topic == self.refuse:
+            raise ValueError("refused")
         self.log.calls.append(f"send:{topic}")
         self.sent.append((topic, key, json.loads(value)))
         return Future(fail=False)
@@ -127,3 +144,119 @@ def test_a_verdict_the_database_refuses_becomes_a_stored_error_with_a_dead_lette
     completion = persist(Judged(make_work(1, 0), replace(_record("ok"))), _context(repository, Producer(log)))
     assert completion.outcome == "error" and repository.saved[0].code == "store_failed"
     assert log.calls == ["send:dead", "save:error:store_failed", "send:verdicts"]
+
+
+# --- against a real SQLite database: what it refuses never ends the stage -------------------------------
+
+
+@pytest.fixture(scope="module")
+def migrated_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("db") / "template.db"
+    upgrade_database(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def database(migrated_file, tmp_path) -> Iterator[Engine]:
+    path = tmp_path / "deepsift.db"
+    shutil.copyfile(migrated_file, path)
+    engine = make_engine(f"sqlite:///{path}")
+    with engine.begin() as connection:  # the database refuses some rows outright, as a constraint would
+        connection.execute(text(
+            "CREATE TRIGGER refuse BEFORE INSERT ON verdicts WHEN NEW.job_id LIKE 'refused-%' "
+            "BEGIN SELECT RAISE(ABORT, 'refused by the database'); END"
+        ))  # fmt: skip
+    yield engine
+    engine.dispose()
+
+
+QUICK = Backoff(0.01, 0.02)
+
+
+def _real_context(database, producer, backoff: Backoff = QUICK) -> PersistContext:
+    repository = VerdictRepository(database)
+    return PersistContext(repository, producer, "dead", "verdicts", Watch(), StreamMetrics(), threading.Event(),
+                          store_backoff=backoff)  # fmt: skip
+
+
+def _letters(producer: Producer, topic: str = "dead") -> list[dict]:
+    return [value for sent_topic, _, value in producer.sent if sent_topic == topic]
+
+
+def test_a_verdict_the_database_refuses_is_replaced_by_a_bare_error_verdict(make_work, database):
+    # Given an ok verdict with a value SQLite cannot store (an integer beyond 64 bits)
+    producer = Producer(Log())
+    context = _real_context(database, producer)
+    record = replace(_record("ok"), job_id="big-1", size_bytes=2**70, metadata={"m": 1})
+    # When it is persisted
+    completion = persist(Judged(make_work(1, 4), record), context)
+    # Then a bare store_failed verdict is stored instead, dead-lettered with the reason, and announced
+    assert (completion.outcome, completion.code) == ("error", "store_failed")
+    stored = context.repository.get(context.repository.find_id("big-1", ENGINE))
+    assert (stored.status, stored.code, stored.size_bytes, stored.metadata) == ("error", "store_failed", None, {})
+    assert "OverflowError" in stored.detail
+    assert [letter["reason"] for letter in _letters(producer)] == ["store_failed"]
+    assert [event["code"] for event in _letters(producer, "verdicts")] == ["store_failed"]
+
+
+def test_a_job_whose_error_verdict_is_refused_too_is_dead_lettered_and_still_completed(make_work, database):
+    # Given a job the database refuses whatever its verdict holds
+    producer = Producer(Log())
+    context = _real_context(database, producer)
+    record = replace(_record("error", "not_media"), job_id="refused-1")
+    # When it is persisted
+    completion = persist(Judged(make_work(0, 9, outcome=("error", "not_media", "why")), record), context)
+    # Then after a few tries it is completed as unstorable (its offset will be committed), with no row
+    assert (completion.outcome, completion.code, completion.ticket.offset) == ("error", "unstorable", 9)
+    assert context.repository.find_id("refused-1", ENGINE) is None
+    # and its dead letters say so: its own reason, the replacement's, and that nothing could be stored
+    letters = _letters(producer)
+    assert [letter["reason"] for letter in letters] == ["not_media", "store_failed", "unstorable"]
+    assert "refused by the database" in letters[-1]["detail"]
+    assert _letters(producer, "verdicts") == []
+
+
+def test_stopping_while_the_database_refuses_leaves_the_job_uncommitted(make_work, database):
+    context = _real_context(database, Producer(Log()), backoff=Backoff(5.0, 5.0))
+    context.stop.set()
+    with pytest.raises(Abandoned):
+        persist(Judged(make_work(1, 0), replace(_record("ok"), job_id="refused-2")), context)
+
+
+def test_a_result_event_the_broker_finds_too_large_is_sent_truncated(make_work, database):
+    # Given a broker that takes records of at most 2 KiB, and a verdict echoing 10 KiB of metadata
+    producer = Producer(Log(), max_bytes=2048)
+    context = _real_context(database, producer)
+    record = replace(_record("ok"), job_id="meta-1", metadata={"blob": "m" * 10_000})
+    # When it is persisted
+    completion = persist(Judged(make_work(1, 0), record), context)
+    # Then the verdict is stored whole and its event is sent in the truncated form, marked
+    assert completion.outcome == "ok"
+    assert context.repository.get(context.repository.find_id("meta-1", ENGINE)).metadata == record.metadata
+    [event] = _letters(producer, "verdicts")
+    assert event["truncated"] is True and event["metadata"] == {"truncated": True, "bytes": 10_012}
+
+
+def test_a_dead_letter_the_broker_finds_too_large_keeps_the_start_of_the_message(make_work, make_envelope, database):
+    producer = Producer(Log(), max_bytes=100_000)
+    context = _real_context(database, producer)
+    work = replace(make_work(0, 2, outcome=("error", "invalid_job", "why")), envelope=make_envelope(2, b"v" * 200_000))
+    completion = persist(Judged(work, replace(_record("error", "invalid_job"), job_id="huge-1")), context)
+    assert completion.code == "invalid_job"
+    [letter] = _letters(producer)
+    assert letter["truncated"] and letter["value_bytes"] == 200_000
+    assert base64.b64decode(letter["value_b64"]) == b"v" * (64 << 10)
+
+
+def test_a_result_event_refused_for_another_reason_is_left_out(make_work, database):
+    producer = Producer(Log(), refuse="verdicts")
+    context = _real_context(database, producer)
+    completion = persist(Judged(make_work(1, 0), replace(_record("ok"), job_id="event-1")), context)
+    assert completion.outcome == "ok" and context.repository.find_id("event-1", ENGINE) is not None
+    assert _letters(producer, "verdicts") == []
+
+
+def test_a_job_judged_before_whose_verdict_is_gone_still_completes(make_work, database):
+    producer = Producer(Log())
+    completion = persist(Judged(make_work(0, 0), None), _real_context(database, producer))  # stored_id 99: none
+    assert completion.outcome == "skipped" and producer.sent == []
