@@ -1,9 +1,9 @@
-"""The daemon's SQL schema as SQLAlchemy ORM models: one verdict row and its append-only children, and
-the engines that made them.
+"""The daemon's SQL schema as SQLAlchemy ORM models: one verdict row and its append-only children, the
+engines that made them, and the small record of deliveries started (the poison-job guard).
 
 These classes mirror ``alembic/versions``; the migrations create the schema, and a test compares the
-two so they cannot drift. Only ``daemon.repository`` should touch them; the rest of the daemon speaks
-``daemon.records``.
+two so they cannot drift. Only ``daemon.repository`` (verdicts, engines) and ``daemon.attempts``
+(``job_attempts``) should touch them; the rest of the daemon speaks ``daemon.records``.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Verdict(Base):
     job_metadata: Mapped[dict[str, Any]] = mapped_column(json_document())
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
     decoder: Mapped[str | None] = mapped_column(Text)  # pyav | dali (migration 0002)
-    decoder_note: Mapped[str | None] = mapped_column(Text)  # why the preferred decoder was passed over
+    decoder_note: Mapped[str | None] = mapped_column(Text)  # why DALI was passed over; downscaled:<scale>
 
     frames: Mapped[list[VerdictFrame]] = relationship(order_by="VerdictFrame.id")
     tracks: Mapped[list[VerdictTrack]] = relationship(order_by="VerdictTrack.id")
@@ -178,3 +178,22 @@ class EngineRow(Base):
     manifest: Mapped[dict[str, Any]] = mapped_column(json_document())
     built_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     first_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class JobAttempt(Base):
+    """How often `daemon run` started a Kafka message (one row per topic, partition, offset): a message whose
+    deliveries keep starting without a verdict is killing the daemons that take it (migration 0003).
+
+    Unlike verdicts these rows are updated and deleted: they matter only until the message's offset is
+    committed, and are cleaned up after that.
+    """
+
+    __tablename__ = "job_attempts"
+
+    kafka_topic: Mapped[str] = mapped_column(Text, primary_key=True)
+    kafka_partition: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kafka_offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(Text)  # the producer's id when readable, for operators
+    attempts: Mapped[int] = mapped_column(Integer)
+    first_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

@@ -81,7 +81,7 @@ class VerdictRecord:
     timings_ms: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     decoder: str | None = None  # "pyav" | "dali": what decoded the frames
-    decoder_note: str | None = None  # why the preferred decoder (DALI) was passed over, e.g. variable_frame_rate
+    decoder_note: str | None = None  # why DALI was passed over (variable_frame_rate, …); downscaled:<scale>
     created_at: datetime | None = None  # set by the database when None
     frames: tuple[FrameScoreRecord, ...] = ()
     tracks: tuple[TrackSummaryRecord, ...] = ()

@@ -1,9 +1,13 @@
 """Stage 1, in worker threads: message → ``Work``. Take the serving engine, parse the job, skip it if that
-engine judged it before, fetch its media behind the guards, then decode, find faces and preprocess for that
-engine (``pipeline.prepare``). The job keeps the engine: it is scored by it even if another is promoted.
+engine judged it before (unless the producer re-used its id for other media), refuse what it may not ask
+for, count the delivery as started, fetch its media behind the guards, then decode, find faces and
+preprocess for that engine (``pipeline.prepare``). The job keeps the engine: it is scored by it even if
+another is promoted.
 
-Every failure of one job becomes that job's outcome (an error verdict later); only a database outage
-blocks, retrying, since whether the job was judged before cannot be known without it.
+Every failure of one job becomes that job's outcome (an error verdict later), whatever raised it; only a
+database outage blocks, retrying, since whether the job was judged before cannot be known without it.
+A message whose earlier deliveries started and never finished (it killed the daemons that took it) is
+answered ``poison_job`` instead of being tried again (``daemon.attempts``).
 """
 
 from __future__ import annotations
@@ -11,11 +15,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import structlog
 
+from daemon.attempts import JobAttempts
 from daemon.engine_watch import FaceDetectors
 from daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, engine_identity, prepare
 from daemon.repository import VerdictRepository
@@ -23,12 +30,27 @@ from daemon.stream.fetch import FetchPolicy, Resolver, fetch_job, redact_url, re
 from daemon.stream.jobs import InvalidJob, JobV1, invalid_job_id, parse_job, readable_field, readable_job_id
 from daemon.stream.metrics import StreamMetrics
 from daemon.stream.offsets import Ticket
-from daemon.stream.retry import DependencyWatch, retry_forever
+from daemon.stream.retry import Abandoned, DependencyWatch, retry_forever
 from daemon.stream.work import Envelope, Work, put, take
 from engines.backends import LoadedEngine
 from engines.errors import PermanentError
 
 log = structlog.get_logger(__name__)
+
+MAX_DETAIL_CHARS = 1000  # of an unexpected error's repr: a UnicodeEncodeError's carries the whole string
+SUSPECT_WAIT_S = 0.1  # how often a suspect waiting for its turn looks whether the daemon stops
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class JobGuards:
+    """What a job may ask for, and how many deliveries of one message may start without finishing."""
+
+    attempts: JobAttempts
+    max_frames: int  # settings.max_frames_per_job
+    max_attempts: int  # settings.poison_max_attempts
+    suspects: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)  # one at a time
 
 
 @dataclass(frozen=True)
@@ -43,6 +65,7 @@ class PrepareContext:
     metrics: StreamMetrics
     stop: threading.Event
     is_current: Callable[[Ticket], bool]  # False once the ticket's partition was revoked
+    guards: JobGuards
     resolve: Resolver = resolve_addresses
 
 
@@ -56,35 +79,150 @@ def prepare_message(envelope: Envelope, context: PrepareContext, detectors: Face
     stored = _stored_id(job.job_id, engine, context)
     config = _job_config(job, context.config)
     if stored is not None:
-        return Work(envelope, job.job_id, config, stored_id=stored)
+        return _judged_before(envelope, job, config, stored, context, engine)
+    refused = _too_many_frames(job, context.guards)
+    if refused is not None:
+        return Work(envelope, job.job_id, config, _failed(job, *refused, engine))
+    with _started(envelope, job.job_id, context) as poisoned:
+        if poisoned is not None:
+            return Work(envelope, job.job_id, config, _failed(job, *poisoned, engine))
+        return Work(envelope, job.job_id, config, _prepare_media(job, config, context, detectors, engine))
+
+
+def _prepare_media(
+    job: JobV1, config: JudgeConfig, context: PrepareContext, detectors: FaceDetectors, engine: LoadedEngine
+) -> PreparedMedia:
+    """Fetch behind the guards, then decode, find faces and preprocess for ``engine``; failures are outcomes."""
     if job.options.masks and engine.manifest.outputs.mask_logits is None:
         log.warning("masks_not_available", job_id=job.job_id, engine=engine.manifest.name)
     started = time.perf_counter()
     try:
         media = fetch_job(job, context.policy, context.resolve)
     except PermanentError as e:
-        return Work(envelope, job.job_id, config, _failed(job, e.code, e.detail, engine))
+        return _failed(job, e.code, e.detail, engine)
     except Exception as e:  # a bug in a guard must fail this job, not the worker
         log.exception("fetch_failed_unexpectedly", job_id=job.job_id)
-        return Work(envelope, job.job_id, config, _failed(job, "internal_error", repr(e), engine))
+        return _failed(job, "internal_error", repr(e), engine)
     fetched_ms = round((time.perf_counter() - started) * 1000.0, 2)
     try:
         detector = detectors.for_engine(engine.manifest)
     except Exception as e:  # e.g. after a switch to an engine whose detector cannot be built on this device
         log.exception("face_detector_unavailable", job_id=job.job_id, engine=engine.manifest.name)
-        return Work(envelope, job.job_id, config, _failed(job, "internal_error", f"face detector: {e!r}", engine))
+        return _failed(job, "internal_error", f"face detector: {e!r}", engine)
     prepared = prepare(media, engine.manifest, detector, config)
     prepared = replace(prepared, timings_ms={"fetch_media": fetched_ms, **prepared.timings_ms}, engine=engine)
-    return Work(envelope, job.job_id, config, _check_media_type(job, prepared))
+    return _check_media_type(job, prepared)
+
+
+def _too_many_frames(job: JobV1, guards: JobGuards) -> tuple[str, str] | None:
+    """A job may not ask for more frames than the daemon allows: 1,024 frames of a 720p clip are 4.5 GiB."""
+    frames = job.options.frames
+    if frames is None or frames <= guards.max_frames:
+        return None
+    return "too_many_frames", f"the job asks for {frames} frames; the limit is {guards.max_frames} (max_frames_per_job)"
+
+
+@contextmanager
+def _started(envelope: Envelope, job_id: str, context: PrepareContext) -> Iterator[tuple[str, str] | None]:
+    """Count this delivery as started, before any media is touched; yields the poison refusal, or None to go on.
+
+    Called only for messages without a stored verdict, so each earlier start died before its verdict was
+    stored: its daemon was killed (OOM, a native crash, the watchdog) while it held the message, which is the
+    culprit or a bystander that was in flight beside it. Such suspects run one at a time (fresh jobs go on
+    beside them) and a start is counted only once it runs, so a bystander stops being counted while the
+    culprit's count climbs to ``max_attempts``."""
+    ticket, guards = envelope.ticket, context.guards
+    earlier = _with_database(lambda: guards.attempts.attempts(ticket.topic, ticket.partition, ticket.offset),
+                             context, job_id)  # fmt: skip
+    with _alone(guards.suspects, context.stop) if earlier else nullcontext():
+        if earlier:
+            log.warning("suspect_job", job_id=job_id, topic=ticket.topic, partition=ticket.partition,
+                        offset=ticket.offset, unfinished=earlier)  # fmt: skip
+        yield _poisoned(envelope, job_id, context)
+
+
+@contextmanager
+def _alone(lock: threading.Lock, stop: threading.Event) -> Iterator[None]:
+    """Hold the suspects' lock, unless the daemon stops first (the message then stays uncommitted)."""
+    while not lock.acquire(timeout=SUSPECT_WAIT_S):
+        if stop.is_set():
+            raise Abandoned("stopping while a suspect job waited for its turn")
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _poisoned(envelope: Envelope, job_id: str, context: PrepareContext) -> tuple[str, str] | None:
+    """Count the start; ``poison_job`` and why when more than ``max_attempts`` deliveries have started."""
+    ticket, guards = envelope.ticket, context.guards
+    attempts = _with_database(
+        lambda: guards.attempts.started(ticket.topic, ticket.partition, ticket.offset, job_id), context, job_id
+    )
+    if attempts <= guards.max_attempts:
+        return None
+    unfinished = attempts - 1
+    log.error("poison_job", job_id=job_id, topic=ticket.topic, partition=ticket.partition, offset=ticket.offset,
+              unfinished=unfinished)  # fmt: skip
+    detail = (
+        f"{unfinished} deliveries of this message started without finishing (the daemon died while holding it); "
+        f"poison_max_attempts is {guards.max_attempts}, so it is not tried again"
+    )
+    return "poison_job", detail
+
+
+def _judged_before(
+    envelope: Envelope, job: JobV1, config: JudgeConfig, stored: int, context: PrepareContext, engine: LoadedEngine
+) -> Work:
+    """Skip a job this engine judged before, unless its id now names other media: that is answered, once.
+
+    The answer is stored under a derived id (the id and this media's hash), because verdicts are unique per
+    job and engine: a re-delivery of this same message then finds it and is skipped in turn."""
+    reused = _reused_media(job, stored, context)
+    if reused is None:
+        return Work(envelope, job.job_id, config, stored_id=stored)
+    earlier, sha = reused
+    derived = f"{job.job_id}#sha256:{sha[:16]}"
+    answered = _stored_id(derived, engine, context)
+    if answered is not None:
+        return Work(envelope, derived, config, stored_id=answered)
+    log.warning("job_id_reused", job_id=job.job_id, verdict_id=stored, earlier_sha256=earlier, sha256=sha)
+    detail = f"job id {job.job_id} was judged (verdict {stored}) for media sha256 {earlier}; this media is {sha}"
+    media = MediaJob(derived, redact_url(job.media_url), source="kafka", metadata=dict(job.metadata))
+    prepared = PreparedMedia(media, sha, None, outcome=("error", "job_id_reused", detail), engine=engine)
+    return Work(envelope, derived, config, prepared)
+
+
+def _reused_media(job: JobV1, stored: int, context: PrepareContext) -> tuple[str, str] | None:
+    """(the judged media's sha256, this delivery's) when they differ; None when they agree or cannot be compared.
+
+    The job's declared ``content_sha256`` is trusted (no fetch); without one the media is fetched and hashed
+    (no decode). When the earlier verdict has no hash (it failed before reading its media) or this media
+    cannot be fetched any more, the delivery is taken for a re-delivery of the same job: skipped, as before."""
+    earlier = _with_database(lambda: context.repository.get(stored).media_sha256, context, job.job_id)
+    if earlier is None:
+        return None
+    sha = job.content_sha256 or _fetched_sha256(job, context)
+    return None if sha is None or sha == earlier else (earlier, sha)
+
+
+def _fetched_sha256(job: JobV1, context: PrepareContext) -> str | None:
+    try:
+        return fetch_job(job, context.policy, context.resolve).known_sha256
+    except Exception as e:  # gone, refused or a bug: nothing to compare, so the stored verdict stands
+        log.info("reuse_check_skipped", job_id=job.job_id, error=repr(e)[:MAX_DETAIL_CHARS])
+        return None
 
 
 def _stored_id(job_id: str, engine: LoadedEngine, context: PrepareContext) -> int | None:
     """The engine's verdict for the job, if a previous delivery stored one (a re-delivery skips inference)."""
     identity = engine_identity(engine.manifest)
-    return retry_forever(
-        lambda: context.repository.find_id(job_id, identity),
-        dependency="database", stop=context.stop, watch=context.watch, job_id=job_id,
-    )  # fmt: skip
+    return _with_database(lambda: context.repository.find_id(job_id, identity), context, job_id)
+
+
+def _with_database(operation: Callable[[], T], context: PrepareContext, job_id: str) -> T:
+    """Retried while the database is down: what it answers decides what the job becomes."""
+    return retry_forever(operation, dependency="database", stop=context.stop, watch=context.watch, job_id=job_id)
 
 
 def _job_config(job: JobV1, config: JudgeConfig) -> JudgeConfig:
@@ -96,17 +234,41 @@ def _job_config(job: JobV1, config: JudgeConfig) -> JudgeConfig:
 def _invalid(envelope: Envelope, error: InvalidJob, context: PrepareContext, engine: LoadedEngine) -> Work:
     """An error verdict for a message that is not a valid job, under its own id when it has a readable one."""
     ticket = envelope.ticket
-    job_id = readable_job_id(envelope.value) or invalid_job_id(ticket.topic, ticket.partition, ticket.offset)
-    url = readable_field(envelope.value, "media_url")
+    job_id = _safe_job_id(envelope)
+    url = _safe_field(envelope.value, "media_url")
     uri = redact_url(url) if url else f"kafka:{ticket.topic}/{ticket.partition}/{ticket.offset}"
     stored = _stored_id(job_id, engine, context)
     if stored is not None:
         return Work(envelope, job_id, context.config, stored_id=stored)
+    with _started(envelope, job_id, context) as poisoned:
+        code, detail = poisoned or (error.code, error.detail)
     log.warning("invalid_job", job_id=job_id, topic=ticket.topic, partition=ticket.partition, offset=ticket.offset,
                 detail=error.detail)  # fmt: skip
     job = MediaJob(job_id=job_id, uri=uri, source="kafka")
-    prepared = PreparedMedia(job, None, None, outcome=("error", error.code, error.detail), engine=engine)
+    prepared = PreparedMedia(job, None, None, outcome=("error", code, detail), engine=engine)
     return Work(envelope, job_id, context.config, prepared)
+
+
+def _safe_job_id(envelope: Envelope) -> str:
+    """The message's own job id when it is readable and fit for SQL and Kafka keys, else one from its position."""
+    ticket = envelope.ticket
+    readable = _safe_field(envelope.value, "job_id", readable_job_id)
+    return readable or invalid_job_id(ticket.topic, ticket.partition, ticket.offset)
+
+
+def _safe_field(value: bytes | None, name: str, read: Callable[[bytes | None], str | None] | None = None) -> str | None:
+    """A field of a message that failed validation, or None when reading it fails too.
+
+    Crafted messages reach here: JSON nested deep enough to overflow the parser (RecursionError), a lone
+    surrogate escape that Python's JSON accepts but UTF-8 (SQL, Kafka keys) refuses. This also names the
+    error verdict of a message whose preparation failed unexpectedly, so nothing may escape it."""
+    try:
+        found = read(value) if read is not None else readable_field(value, name)
+        if found is not None:
+            found.encode()
+        return found
+    except Exception:
+        return None
 
 
 def _failed(job: JobV1, code: str, detail: str, engine: LoadedEngine) -> PreparedMedia:
@@ -123,6 +285,32 @@ def _check_media_type(job: JobV1, prepared: PreparedMedia) -> PreparedMedia:
     return replace(prepared, regions=(), pixels=None, outcome=("error", "media_type_mismatch", detail))
 
 
+def prepare_guarded(envelope: Envelope, context: PrepareContext, detectors: FaceDetectors) -> Work:
+    """``prepare_message``, with anything it raises (a bug, a crafted message) as that message's error verdict.
+
+    A crashed stage would stop the daemon, and the message would crash the next one too. Only ``Abandoned``
+    (the daemon stops while the database is down) passes: the message then stays uncommitted."""
+    try:
+        return prepare_message(envelope, context, detectors)
+    except Abandoned:
+        raise
+    except Exception as e:
+        ticket = envelope.ticket
+        log.exception("prepare_failed_unexpectedly", topic=ticket.topic, partition=ticket.partition,
+                      offset=ticket.offset)  # fmt: skip
+        return _internal_error(envelope, context.config, repr(e)[:MAX_DETAIL_CHARS])
+
+
+def _internal_error(envelope: Envelope, config: JudgeConfig, detail: str) -> Work:
+    """An ``internal_error`` outcome that reads as little of the message as it can (that may be what failed).
+
+    It names no engine: the serving one signs the verdict (``batching``)."""
+    ticket = envelope.ticket
+    job_id = _safe_job_id(envelope)
+    media = MediaJob(job_id, f"kafka:{ticket.topic}/{ticket.partition}/{ticket.offset}", source="kafka")
+    return Work(envelope, job_id, config, PreparedMedia(media, None, None, outcome=("error", "internal_error", detail)))
+
+
 def prepare_worker(inbox: queue.Queue, outbox: queue.Queue, context: PrepareContext, detectors: FaceDetectors) -> None:
     """Thread body: prepare messages until ``STOP``; work for revoked partitions is dropped unprepared."""
     while True:
@@ -132,7 +320,7 @@ def prepare_worker(inbox: queue.Queue, outbox: queue.Queue, context: PrepareCont
         if not context.is_current(envelope.ticket):
             continue
         started = time.perf_counter()
-        work = prepare_message(envelope, context, detectors)
+        work = prepare_guarded(envelope, context, detectors)
         context.metrics.stage_seconds.labels(stage="prepare").observe(time.perf_counter() - started)
         if not put(outbox, work, context.stop):
             return

@@ -1,7 +1,8 @@
 """``daemon run``: the main loop that feeds the stages from Kafka and commits what they finished.
 
 Threads: the main loop (the only user of the consumer), ``prepare_workers`` prepare threads, one
-batching thread (scores every job), one persist thread, and the engine watcher, which loads and warms a
+batching thread (scores every job), one persist thread, the dependency probes (``probes``: readiness sees a
+silent database or broker), the attempts sweeper, and the engine watcher, which loads and warms a
 promoted engine beside the serving one (prepare workers take the serving engine as they start a job).
 Bounded queues link them; when the prepare queue is full or ``max_in_flight`` jobs are uncommitted, the
 loop pauses its partitions and keeps polling (so it stays in the group) until the stages catch up.
@@ -11,6 +12,11 @@ Delivery: an offset is committed only when every job below it has its verdict in
 revoked partitions are committed in the rebalance listener. SIGTERM/SIGINT drain: stop taking jobs,
 finish the ones a stage has started, commit, leave the group — within ``drain_deadline_s``; a second
 signal stops waiting. Jobs not started or not finished stay uncommitted and are delivered again.
+
+Poison jobs: each delivery a prepare worker starts is counted in SQL (``daemon.attempts``). Messages that
+were in flight when a daemon died are prepared one at a time; one whose ``poison_max_attempts`` deliveries
+all died is answered ``poison_job``. The ``attempts-sweep`` thread deletes the counts below the offsets this
+daemon committed.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
 from daemon import notify
+from daemon.attempts import JobAttempts, sweep_attempts
 from daemon.engine_watch import EngineWatcher, FaceDetectors
 from daemon.repository import VerdictRepository
 from daemon.runtime import judge_config
@@ -41,7 +48,8 @@ from daemon.stream.health import Health
 from daemon.stream.metrics import StreamMetrics
 from daemon.stream.offsets import OffsetLedger, PartitionKey
 from daemon.stream.persist import PersistContext, persist_worker
-from daemon.stream.prepare import PrepareContext, prepare_worker
+from daemon.stream.prepare import JobGuards, PrepareContext, prepare_worker
+from daemon.stream.probes import watch_dependencies
 from daemon.stream.retry import Abandoned, Backoff, retry_forever
 from daemon.stream.work import Completion, Envelope
 
@@ -50,7 +58,6 @@ log = structlog.get_logger(__name__)
 POLL_TIMEOUT_MS = 100
 OBSERVE_EVERY_S = 5.0
 REBALANCE_COMMIT_DELAY_S = 0.5
-DB_CHECK_EVERY_S = 5.0
 
 
 @dataclass
@@ -314,6 +321,8 @@ class StreamDaemon:
 
     def _start_stages(self) -> None:
         s, lifecycle = self.services, self.services.lifecycle
+        attempts = JobAttempts.beside(s.repository)
+        guards = JobGuards(attempts, self.settings.max_frames_per_job, self.settings.poison_max_attempts)
         prepare_context = PrepareContext(
             engines=s.engines.current,
             config=judge_config(self.settings, s.decoder),
@@ -323,6 +332,7 @@ class StreamDaemon:
             metrics=s.metrics,
             stop=lifecycle.stop_now,
             is_current=self.ledger.is_current,
+            guards=guards,
         )
         for i in range(self.settings.prepare_workers):
             args = (self.prepare_q, self.infer_q, prepare_context, self._detectors())
@@ -336,8 +346,14 @@ class StreamDaemon:
             self.watch, s.metrics, lifecycle.stop_now,
         )  # fmt: skip
         self._spawn("persist", persist_worker, self.persist_q, self.done_q, persist_context)
-        self._spawn("db-check", watch_database, s.repository, self.watch, lifecycle.stop_now)
+        self._spawn("probes", watch_dependencies, self.settings, s.health, lifecycle.stop_now)
+        self._spawn("attempts-sweep", sweep_attempts, attempts, self._committed_offsets, lifecycle.stop_now)
         s.metrics.watch_queues({"prepare": self.prepare_q, "infer": self.infer_q, "persist": self.persist_q})
+
+    def _committed_offsets(self) -> dict[PartitionKey, int]:
+        """What this daemon committed, per partition it owns: no message below is delivered to the group again."""
+        ledger = self.ledger
+        return {key: offset for key in ledger.assigned() if (offset := ledger.last_committed(key)) is not None}
 
     def _detectors(self) -> FaceDetectors:
         """One prepare worker's face detectors, the serving engine's built now rather than on the first job."""
@@ -411,17 +427,6 @@ class StreamDaemon:
 
 def _names(keys: set[PartitionKey]) -> list[str]:
     return sorted(f"{topic}/{partition}" for topic, partition in keys)
-
-
-def watch_database(repository: VerdictRepository, watch: Watch, stop: threading.Event) -> None:
-    """Readiness knows the database is down even while no job touches it."""
-    while not stop.wait(DB_CHECK_EVERY_S):
-        try:
-            repository.ping()
-        except Exception as e:
-            watch.dependency_failed("database", str(e))
-            continue
-        watch.dependency_ok("database")
 
 
 def fetch_policy(settings: Settings) -> FetchPolicy:

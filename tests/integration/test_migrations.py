@@ -11,6 +11,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Integer, MetaData, inspect, text
 from sqlalchemy.exc import IntegrityError
 
+from daemon.attempts import JobAttempts
 from daemon.db import alembic_config, current_revision, downgrade_database, make_engine, upgrade_database
 from daemon.models import Base
 from daemon.records import VerdictRecord
@@ -18,7 +19,7 @@ from daemon.repository import VerdictRepository
 
 pytestmark = pytest.mark.integration
 
-SCHEMA_TABLES = {"verdicts", "verdict_frames", "verdict_tracks", "verdict_masks", "engines"}
+SCHEMA_TABLES = {"verdicts", "verdict_frames", "verdict_tracks", "verdict_masks", "engines", "job_attempts"}
 
 
 def schema_differences(url: str, metadata: MetaData) -> list[object]:
@@ -145,5 +146,51 @@ def test_downgrading_0002_removes_engines_and_decoder_columns_and_keeps_verdicts
         assert not columns & {"decoder", "decoder_note"}
         with engine.connect() as connection:
             connection.execute(text("SELECT * FROM latest_verdicts")).all()
+    finally:
+        engine.dispose()
+
+
+def test_0003_adds_job_attempts_to_a_populated_0002_database(
+    empty_database_url: str, make_verdict: Callable[..., VerdictRecord]
+) -> None:
+    # Given a database at 0002 holding a verdict
+    upgrade_database(empty_database_url, "0002")
+    engine = make_engine(empty_database_url)
+    try:
+        verdict = make_verdict()
+        saved = VerdictRepository(engine).save(verdict)
+        assert "job_attempts" not in schema_objects(empty_database_url)[0]
+        # When it is upgraded to head
+        upgrade_database(empty_database_url)
+        # Then the verdict is still there, and deliveries are counted per message
+        assert VerdictRepository(engine).get(saved.id).job_id == verdict.job_id
+        attempts = JobAttempts(engine)
+        assert [attempts.started("jobs", 0, 9, "j-1") for _ in range(2)] == [1, 2]
+        # and the table is not append-only like the verdicts: finished rows can be deleted
+        assert attempts.forget_below({("jobs", 0): 10}) == 1
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_0003_removes_job_attempts_and_keeps_verdicts(
+    empty_database_url: str, make_verdict: Callable[..., VerdictRecord]
+) -> None:
+    # Given a database at head with a verdict and a counted delivery
+    upgrade_database(empty_database_url)
+    engine = make_engine(empty_database_url)
+    try:
+        saved = VerdictRepository(engine).save(make_verdict())
+        JobAttempts(engine).started("jobs", 0, 1, None)
+        # When downgraded to 0002
+        downgrade_database(empty_database_url, "0002")
+        # Then job_attempts is gone (its index too), the verdict and the view are left
+        tables, views = schema_objects(empty_database_url)
+        assert "job_attempts" not in tables and {"verdicts", "engines"} <= tables and views == {"latest_verdicts"}
+        with engine.connect() as connection:
+            found = connection.execute(text("SELECT id FROM latest_verdicts WHERE id = :id"), {"id": saved.id})
+            assert found.scalar_one() == saved.id
+        # and upgrading again brings an empty job_attempts back
+        upgrade_database(empty_database_url)
+        assert JobAttempts(engine).attempts("jobs", 0, 1) == 0
     finally:
         engine.dispose()

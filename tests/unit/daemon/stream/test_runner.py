@@ -163,3 +163,17 @@ def test_a_stalled_pipeline_stops_the_watchdog_and_liveness_until_a_job_finishes
     daemon._turn(consumer)
     daemon._turn(consumer)
     assert len(pings) > before and health.live()[0]
+
+
+def test_the_attempt_sweep_is_given_only_offsets_this_daemon_committed_on_partitions_it_owns(daemon):
+    # Given three jobs taken, none finished: nothing committed, nothing to forget
+    consumer = FakeConsumer(3)
+    daemon._turn(consumer)
+    assert daemon._committed_offsets() == {}
+    # When two finish and are committed; Then the rows below offset 2 may go
+    _finish(daemon, 0, 1)
+    daemon._turn(consumer)
+    assert consumer.commits[-1] == {("jobs", 0): 2} and daemon._committed_offsets() == {("jobs", 0): 2}
+    # and once the partition belongs to another daemon, its rows are that daemon's to forget
+    daemon._assigned(set())
+    assert daemon._committed_offsets() == {}
