@@ -2,6 +2,9 @@
 (``prepare``, which runs ahead in a worker) and infer → aggregate → verdict (``judge``).
 
 Every per-item failure becomes that item's error verdict; nothing here lets one bad file stop a batch.
+Media over the judge's ``MediaBudget`` is refused from its header before decoding; large media is decoded
+downscaled to the frame budget and searched for faces at ``detect_max_side`` (the memory ceiling of one job is
+written down in ``engines.budgets``).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from daemon.outputs import RegionScores, mask_records, media_class_probs, media_
 from daemon.records import EngineIdentity, FrameScoreRecord, TrackSummaryRecord, VerdictRecord
 from engines.aggregate import AggregationRule, ScoredItem, aggregate
 from engines.backends import EngineOutputs, LoadedEngine
+from engines.budgets import MediaBudget
 from engines.errors import MediaError, PermanentError
-from engines.faces import FaceBox, MtcnnFaceDetector, assign_tracks, square_crop
+from engines.faces import DETECT_MAX_SIDE, FaceBox, FaceDetector, crop_faces, min_face_size, scale_box
 from engines.manifest import EngineManifest, sha256_file
 from engines.media import DECODERS, DecodedMedia, MediaFacts
 from engines.preprocess import preprocess_batch
@@ -82,6 +86,7 @@ class JudgeConfig:
     max_media_bytes: int
     masks: bool = False  # store tamper masks, where the engine makes them
     max_masks: int = 8  # masks per verdict: the most suspicious regions
+    budget: MediaBudget = field(default_factory=MediaBudget)  # pixel, length and frame-memory limits of one job
 
 
 def _ms(since: float) -> float:
@@ -103,11 +108,18 @@ def fetch(job: MediaJob, max_bytes: int) -> tuple[Path | bytes, str]:
 
 
 def find_regions(
-    decoded: DecodedMedia, manifest: EngineManifest, detector: MtcnnFaceDetector | None
+    decoded: DecodedMedia,
+    manifest: EngineManifest,
+    detector: FaceDetector | None,
+    detect_max_side: int = DETECT_MAX_SIDE,
 ) -> tuple[list[Region], list[Any]]:
     """Regions and their RGB pixels: whole frames, or square face crops — as the manifest says.
 
-    Pixels stay where the decoder put them: numpy arrays from PyAV, CUDA tensors from DALI (crops included).
+    Faces are found by ``engines.faces.crop_faces`` (the trainer's code) on copies at most ``detect_max_side``
+    long and cut from the decoded frames; region boxes are in the media's own pixels (``MediaFacts`` width and
+    height), whatever size the frames were decoded at. Pixels stay where the decoder put them: numpy arrays from
+    PyAV, CUDA tensors from DALI (crops included). Frames too small to hold a face the detector can find are
+    ``too_small``.
     """
     frames = decoded.frames
     contract = manifest.input
@@ -115,18 +127,34 @@ def find_regions(
         return [Region(f.index, f.pts_s) for f in frames], [f.rgb for f in frames]
     if detector is None:
         raise RuntimeError("this engine crops faces but no face detector was given")
-    boxes = detector.detect([f.rgb for f in frames])
-    tracks = assign_tracks(boxes)
+    _check_face_room(decoded, min_face_size(detector))
+    frame_by_index = {f.index: f for f in frames}
     regions, crops = [], []
-    for frame, frame_boxes, frame_tracks in zip(frames, boxes, tracks, strict=True):
-        for face_index, (box, track_id) in enumerate(zip(frame_boxes, frame_tracks, strict=True)):
-            regions.append(Region(frame.index, frame.pts_s, face_index, track_id, box))
-            crops.append(square_crop(frame.rgb, box, contract.face_margin))
+    for crop in crop_faces(frames, detector, contract.face_margin, detect_max_side):
+        frame = frame_by_index[crop.frame_index]
+        box = _in_media_pixels(crop.box, frame.rgb.shape, decoded.facts)
+        regions.append(Region(frame.index, frame.pts_s, crop.face_index, crop.track_id, box))
+        crops.append(crop.rgb)
     return regions, crops
 
 
+def _check_face_room(decoded: DecodedMedia, smallest_face: int) -> None:
+    height, width = (min(f.rgb.shape[i] for f in decoded.frames) for i in (0, 1))
+    if min(height, width) < smallest_face:
+        raise MediaError(
+            "too_small",
+            f"{decoded.facts.width}x{decoded.facts.height} media (frames {width}x{height}) is smaller than the "
+            f"face detector's smallest face ({smallest_face} px)",
+        )
+
+
+def _in_media_pixels(box: FaceBox, frame_shape: tuple[int, ...], facts: MediaFacts) -> FaceBox:
+    """A box in a decoded frame's pixels, in the media's own: they differ when the frame budget shrank the frame."""
+    return scale_box(box, facts.width / frame_shape[1], facts.height / frame_shape[0])
+
+
 def prepare(
-    job: MediaJob, manifest: EngineManifest, detector: MtcnnFaceDetector | None, config: JudgeConfig
+    job: MediaJob, manifest: EngineManifest, detector: FaceDetector | None, config: JudgeConfig
 ) -> PreparedMedia:
     """Fetch, decode, find faces and preprocess one job; failures are recorded, never raised.
 
@@ -140,12 +168,12 @@ def prepare(
         media, sha = fetch(job, config.max_media_bytes)
         timings["fetch"] = _ms(t)
         t = time.perf_counter()
-        decoded = DECODERS.get(config.decoder)(media, config.frames_per_video)
+        decoded = DECODERS.get(config.decoder)(media, config.frames_per_video, budget=config.budget)
         facts = decoded.facts
         timings["decode"] = _ms(t)
-        decoded_by = {"decoder": decoded.decoder, "decoder_note": decoded.fallback_reason}
+        decoded_by = {"decoder": decoded.decoder, "decoder_note": decoder_note(decoded)}
         t = time.perf_counter()
-        regions, crops = find_regions(decoded, manifest, detector)
+        regions, crops = find_regions(decoded, manifest, detector, config.budget.detect_max_side)
         timings["faces" if manifest.input.crop_mode == "face" else "regions"] = _ms(t)
         if not regions:
             detail = f"no face with confidence > {manifest.input.min_face_confidence} in {len(decoded.frames)} frames"
@@ -164,9 +192,21 @@ def prepare(
         return PreparedMedia(job, sha, facts, len(decoded.frames), tuple(regions), pixels, timings, **decoded_by)
     except PermanentError as e:
         return PreparedMedia(job, sha, facts, timings_ms=timings, outcome=("error", e.code, e.detail))
+    except MemoryError as e:  # an allocation the budgets did not foresee: this job's verdict, not the daemon's end
+        log.error("prepare_out_of_memory", job_id=job.job_id, uri=job.uri)
+        return PreparedMedia(job, sha, facts, timings_ms=timings, outcome=("error", "out_of_memory", repr(e)))
     except Exception as e:  # a bug or an unforeseen library failure: this job fails, the daemon does not
         log.exception("prepare_failed", job_id=job.job_id, uri=job.uri)
         return PreparedMedia(job, sha, facts, timings_ms=timings, outcome=("error", "internal_error", repr(e)))
+
+
+def decoder_note(decoded: DecodedMedia) -> str | None:
+    """What the verdict says about decoding: why DALI was passed over, and ``downscaled:<scale>`` when the frame
+    budget made the kept frames smaller than the media (e.g. ``frame_budget downscaled:0.567``)."""
+    notes = [decoded.fallback_reason] if decoded.fallback_reason else []
+    if decoded.scale < 1.0:
+        notes.append(f"downscaled:{decoded.scale:.3g}")
+    return " ".join(notes) or None
 
 
 def infer(

@@ -12,6 +12,7 @@ import structlog
 from daemon.pipeline import JudgeConfig
 from daemon.settings import Settings
 from engines.backends import BackendOptions, LoadedEngine, load_engine
+from engines.budgets import MediaBudget
 from engines.errors import DeepsiftError
 
 log = structlog.get_logger(__name__)
@@ -41,6 +42,18 @@ def start_decoder(settings: Settings) -> str:
     return chosen
 
 
+def media_budget(settings: Settings) -> MediaBudget:
+    """The per-job pixel, length and memory limits the settings give (see ``engines.budgets``)."""
+    return MediaBudget(
+        max_image_pixels=settings.max_image_pixels,
+        max_frame_pixels=settings.max_frame_pixels,
+        max_video_pixels=settings.max_video_pixels,
+        max_duration_s=settings.max_duration_s,
+        frame_budget_bytes=settings.job_frame_budget_mb << 20,
+        detect_max_side=settings.detect_max_side,
+    )
+
+
 def judge_config(settings: Settings, decoder: str) -> JudgeConfig:
     return JudgeConfig(
         frames_per_video=settings.frames_per_video,
@@ -49,6 +62,7 @@ def judge_config(settings: Settings, decoder: str) -> JudgeConfig:
         decoder=decoder,
         max_media_bytes=settings.max_media_bytes,
         masks=settings.masks,
+        budget=media_budget(settings),
     )
 
 

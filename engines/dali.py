@@ -7,7 +7,10 @@ PyAV's timestamp rule is DALI's n-th frame), a declared frame count that the pac
 within ``max_duration_s`` (DALI indexes the whole file and has been slow on very long ones). Everything else
 goes to PyAV, and ``DecodedMedia.fallback_reason`` says why: ``image``, ``codec:mpeg4``,
 ``variable_frame_rate``, ``video_streams:2``, ``pixel_format:yuv420p10le``, ``too_long``, ``no_frames``,
-``frame_count_mismatch``, ``probe_error:<media error code>``, or a worker failure below.
+``frame_count_mismatch``, ``frame_budget`` (full-size frames would not fit the job's frame budget: PyAV decodes
+them downscaled), ``probe_error:<media error code>``, or a worker failure below. Media over the job's
+``MediaBudget`` is refused from the probe's headers (``probe_error:too_many_pixels`` and the like, then PyAV's
+decoder raises the same code before decoding any frame).
 
 Decoding: DALI's video decoder (``fn.decoders.video``, mixed backend) takes the encoded bytes from memory and
 a ``frames`` list — exactly the indices ``sample_frame_indices`` picks for PyAV — and decodes only what it needs
@@ -52,9 +55,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from engines.budgets import MediaBudget
 from engines.errors import DeepsiftError, MediaError
 from engines.media import (
     DECODERS,
+    DEFAULT_BUDGET,
     DecodedMedia,
     MediaSource,
     SampledFrame,
@@ -161,10 +166,13 @@ def route(timing: VideoTiming, settings: DaliSettings) -> str | None:
     return None
 
 
-def route_media(source: MediaSource, settings: DaliSettings) -> tuple[VideoTiming | None, str | None]:
-    """Probe ``source`` with PyAV and route it; media PyAV cannot probe goes to PyAV, which reports it."""
+def route_media(
+    source: MediaSource, settings: DaliSettings, budget: MediaBudget | None = None
+) -> tuple[VideoTiming | None, str | None]:
+    """Probe ``source`` with PyAV and route it; media PyAV cannot probe, or over ``budget``, goes to PyAV, which
+    reports it."""
     try:
-        timing = probe_timing(source, max_duration_s=settings.max_duration_s)
+        timing = probe_timing(source, max_duration_s=settings.max_duration_s, budget=budget)
     except MediaError as e:
         return None, f"probe_error:{e.code}"
     return timing, route(timing, settings)
@@ -455,17 +463,21 @@ class DaliDecoder:
         factory = make_decoder or functools.partial(dali_frame_decoder, _device_index(self.settings.device))
         self.worker = IsolatedDecoder(factory, self.settings.timeout_s, self.settings.start_timeout_s)
 
-    def __call__(self, source: MediaSource, n_frames: int = 32) -> DecodedMedia:
+    def __call__(
+        self, source: MediaSource, n_frames: int = 32, *, budget: MediaBudget = DEFAULT_BUDGET
+    ) -> DecodedMedia:
         if n_frames < 1:
             raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-        timing, reason = route_media(source, self.settings)
+        timing, reason = route_media(source, self.settings, budget)
+        if reason is None and timing is not None and _over_frame_budget(timing, n_frames, budget):
+            reason = "frame_budget"  # DALI decodes at full size only; PyAV decodes the frames downscaled
         if reason is None and timing is not None:
             try:
                 return self._decode(source, timing, n_frames)
             except DecoderFailure as e:
                 reason = e.reason
                 log.warning("DALI failed on a video, PyAV decodes it: %s", e)
-        return replace(decode_sampled(source, n_frames), fallback_reason=reason)
+        return replace(decode_sampled(source, n_frames, budget=budget), fallback_reason=reason)
 
     def close(self) -> None:
         self.worker.close()
@@ -490,6 +502,12 @@ class DaliDecoder:
         import torch
 
         return torch.from_numpy(frames).to(self.settings.device)
+
+
+def _over_frame_budget(timing: VideoTiming, n_frames: int, budget: MediaBudget) -> bool:
+    facts = timing.facts
+    targets = len(sample_frame_indices(facts.frame_count or 0, n_frames))
+    return budget.decode_scale(facts.width, facts.height, targets) < 1.0
 
 
 def _upright(frame: Any, quarter_turns: int) -> Any:
@@ -529,15 +547,15 @@ def _default_decoder() -> DaliDecoder:
 
 
 @DECODERS.register("dali")
-def decode_dali(source: MediaSource, n_frames: int = 32) -> DecodedMedia:
+def decode_dali(source: MediaSource, n_frames: int = 32, *, budget: MediaBudget = DEFAULT_BUDGET) -> DecodedMedia:
     """Sampled frames decoded by DALI on the GPU as CUDA tensors, or by PyAV with the reason DALI was passed over."""
-    return _default_decoder()(source, n_frames)
+    return _default_decoder()(source, n_frames, budget=budget)
 
 
 @DECODERS.register("auto")
-def decode_auto(source: MediaSource, n_frames: int = 32) -> DecodedMedia:
+def decode_auto(source: MediaSource, n_frames: int = 32, *, budget: MediaBudget = DEFAULT_BUDGET) -> DecodedMedia:
     """``dali`` where a GPU and DALI are present, else exactly ``pyav`` (chosen once per process)."""
     global _auto_choice
     if _auto_choice is None:
         _auto_choice = choose_decoder("auto", "auto")
-    return DECODERS.get(_auto_choice)(source, n_frames)
+    return DECODERS.get(_auto_choice)(source, n_frames, budget=budget)

@@ -3,6 +3,16 @@
 The trainer's preparation and the daemon both crop faces through this module, as the SD²
 preprocessing does, so a detector sees faces framed the same way in training and in service.
 MTCNN's weights ship inside the ``facenet-pytorch`` wheel; nothing is downloaded.
+
+Detection runs on a copy of each frame whose long side is at most ``detect_max_side`` (1280 by default;
+``detect_faces``): MTCNN's working set grows with the pixels it searches (about 50 bytes per pixel on CPU),
+so a 4K frame would cost it 7× a 720p one. Boxes are mapped back to the frame's own pixels and crops are
+cut from the frame itself, at its full (decoded) resolution. The smallest face searched for is therefore
+``min_face_size`` (20) pixels in the detection copy: 20 px in frames up to 1280 on the long side, and
+1/64 of the long side above that (60 px in a 3840×2160 frame, 120 px in 8K). (MTCNN's image pyramid starts
+at that size; it still catches some faces down to about half of it, none much smaller.) Frames whose short
+side is under ``min_face_size`` cannot be searched at all; MTCNN is not run on them (its pyramid would be
+empty and it would fail), and the daemon answers such media ``too_small``.
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from engines.budgets import MAX_DETECT_BATCH_PIXELS, MediaBudget, detection_size
+
 if TYPE_CHECKING:
     import torch
 
@@ -24,6 +36,11 @@ if TYPE_CHECKING:
 # A track survives this many consecutive sampled frames without a matching face (a blink of the
 # detector, a turned head) before a face at the same place starts a new track.
 MAX_TRACK_GAP = 2
+DETECT_MAX_SIDE = MediaBudget().detect_max_side  # the daemon's default (setting ``detect_max_side``)
+MIN_FACE_SIZE = 20  # MTCNN's smallest face, in detection pixels (SD² and facenet-pytorch's default)
+# Faces kept per frame, the most confident: bounds a crowd's crops and engine input (32 frames × 16 faces of a
+# 224 px contract are 300 MB of float32 pixels).
+MAX_FACES_PER_FRAME = 16
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,9 @@ def _is_tensor(image: object) -> bool:
 
 
 class FaceDetector(Protocol):
+    """Faces per frame in that frame's pixels. A detector may say its smallest face (``min_face_size``, pixels);
+    ``detect_faces`` then keeps the detection copies at least that high and wide."""
+
     def detect(self, frames: Sequence[RGBImage]) -> list[list[FaceBox]]: ...
 
 
@@ -71,21 +91,28 @@ class MtcnnFaceDetector:
     whole detection runs on the GPU (facenet-pytorch moves other frames to the network's device itself).
     """
 
-    max_batch = 16  # frames per forward pass: bounds memory on long 1080p batches
+    max_batch = 16  # frames per forward pass
+    max_batch_pixels = MAX_DETECT_BATCH_PIXELS  # and pixels per pass: MTCNN holds ~50 bytes per pixel on CPU
 
-    def __init__(self, min_confidence: float = 0.9, device: str = "cpu", min_face_size: int = 20) -> None:
+    def __init__(self, min_confidence: float = 0.9, device: str = "cpu", min_face_size: int = MIN_FACE_SIZE) -> None:
         self.min_confidence = min_confidence
+        self.min_face_size = min_face_size
         self._mtcnn = _build_mtcnn(device, min_face_size)
 
     def detect(self, frames: Sequence[RGBImage]) -> list[list[FaceBox]]:
         """Per frame, the faces above ``min_confidence``, most confident first.
 
-        MTCNN batches only frames of one size, so frames are grouped by shape and batched per group.
+        MTCNN batches only frames of one size, so frames are grouped by shape and batched per group. A frame
+        smaller than ``min_face_size`` on its short side has no face MTCNN can find: it gets none, unsearched.
         """
         found: list[list[FaceBox]] = [[] for _ in frames]
-        for indices in _indices_by_shape(frames).values():
-            for start in range(0, len(indices), self.max_batch):
-                chunk = indices[start : start + self.max_batch]
+        for shape, indices in _indices_by_shape(frames).items():
+            height, width = shape[:2]
+            if min(height, width) < self.min_face_size:
+                continue
+            per_pass = max(1, min(self.max_batch, self.max_batch_pixels // (height * width)))
+            for start in range(0, len(indices), per_pass):
+                chunk = indices[start : start + per_pass]
                 boxes, probs = self._mtcnn.detect(_stack([frames[i] for i in chunk]))
                 for i, frame_boxes, frame_probs in zip(chunk, boxes, probs, strict=True):
                     found[i] = self._kept(frame_boxes, frame_probs)
@@ -205,9 +232,65 @@ def _greedy_matches(tracks: list[_Track], boxes: Sequence[FaceBox], iou_threshol
     return matches
 
 
-def crop_faces(frames: Sequence[SampledFrame], detector: FaceDetector, margin: float) -> list[FaceCrop]:
-    """Detect faces in every sampled frame, link them into tracks, and cut a square crop of each."""
-    boxes_per_frame = detector.detect([frame.rgb for frame in frames])
+def min_face_size(detector: FaceDetector) -> int:
+    """The smallest face ``detector`` finds, in the pixels it searches (1 when it does not say)."""
+    return int(getattr(detector, "min_face_size", 1))
+
+
+def detect_faces(
+    detector: FaceDetector, frames: Sequence[RGBImage], max_side: int = DETECT_MAX_SIDE
+) -> list[list[FaceBox]]:
+    """Faces per frame, searched on copies whose long side is at most ``max_side``, boxes in the frames' pixels.
+
+    A copy keeps the detector's smallest face on its short side where the frame has it, so very wide frames are
+    not squeezed below what the detector can search. Frames within ``max_side`` are searched as they are. A frame
+    keeps its ``MAX_FACES_PER_FRAME`` most confident faces.
+    """
+    smallest = min_face_size(detector)
+    copies, scales = [], []
+    for rgb in frames:
+        height, width = rgb.shape[:2]
+        size = detection_size(width, height, max_side, smallest)
+        copies.append(rgb if size == (width, height) else _resized(rgb, *size))
+        scales.append((width / size[0], height / size[1]))
+    found = detector.detect(copies)
+    return [
+        [scale_box(box, *scale) for box in _most_confident(boxes)] for boxes, scale in zip(found, scales, strict=True)
+    ]
+
+
+def _most_confident(boxes: list[FaceBox]) -> list[FaceBox]:
+    if len(boxes) <= MAX_FACES_PER_FRAME:
+        return boxes
+    return sorted(boxes, key=lambda box: -box.confidence)[:MAX_FACES_PER_FRAME]
+
+
+def _resized(rgb: RGBImage, width: int, height: int) -> RGBImage:
+    """A smaller copy for detection, antialiased: by Pillow for host arrays, by torch on the tensor's device."""
+    if _is_tensor(rgb):
+        import torch.nn.functional as F
+
+        chw = rgb.permute(2, 0, 1)[None].float()
+        small = F.interpolate(chw, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        return small[0].permute(1, 2, 0).round_().clamp_(0, 255).to(rgb.dtype).contiguous()
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def scale_box(box: FaceBox, sx: float, sy: float) -> FaceBox:
+    """The box with its x coordinates multiplied by ``sx`` and its y coordinates by ``sy``."""
+    if sx == sy == 1.0:
+        return box
+    return FaceBox(box.x0 * sx, box.y0 * sy, box.x1 * sx, box.y1 * sy, box.confidence)
+
+
+def crop_faces(
+    frames: Sequence[SampledFrame], detector: FaceDetector, margin: float, max_side: int = DETECT_MAX_SIDE
+) -> list[FaceCrop]:
+    """Detect faces in every sampled frame (on copies at most ``max_side`` long), link them into tracks, and cut a
+    square crop of each from the frame itself."""
+    boxes_per_frame = detect_faces(detector, [frame.rgb for frame in frames], max_side)
     tracks = assign_tracks(boxes_per_frame)
     return [
         FaceCrop(frame.index, face_index, track_id, box, square_crop(frame.rgb, box, margin))

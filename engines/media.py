@@ -18,6 +18,14 @@ When the stream ends before the last target and the frames reached cover less th
 90 %, the declaration was merely optimistic (estimated counts overshoot by a few frames): the last
 decoded frame stands in for the missing targets, once.
 
+Budgets (``engines.budgets.MediaBudget``): every decoder is handed the job's budget and checks it against the
+header facts before it decodes a frame, so a pixel or length bomb is a ``too_many_pixels``, ``too_long`` or
+``too_small`` error, never a large allocation. Sampled frames that would not fit the frame budget together are
+decoded straight to a smaller size (swscale for video; libjpeg's reduced-scale decode, then a resize, for
+JPEG); ``MediaFacts`` still report the media's true size and ``DecodedMedia.scale`` how far frames were shrunk.
+The decoder's frame threads are capped by frame size, and FFmpeg refuses frames over ``max_frame_pixels`` even
+when a stream grows after its header.
+
 Damage: packets that fail to decode are skipped (FFmpeg conceals what it can), and a target whose
 frames were lost is skipped, so damaged media may yield fewer frames than asked for. No decodable
 frame at all is ``corrupt_media``. Every failure on bad input is a ``MediaError``, never a raw
@@ -28,18 +36,20 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import av
 import av.error
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from engines.budgets import MediaBudget, decoder_threads
 from engines.errors import MediaError
 from engines.registry import Registry
 
@@ -61,8 +71,18 @@ ANIMATED_AS_VIDEO = frozenset({"GIF", "PNG"})
 # FFmpeg to the bytes handed to it (the main input is read through Python, not a protocol).
 _NO_NESTED_INPUTS = {"protocol_whitelist": "none"}
 _ROTATING_ORIENTATIONS = frozenset({5, 6, 7, 8})  # EXIF orientations that swap width and height
+IMAGE_BAND_BYTES = 16 << 20  # rows converted to RGB at a time when an image becomes an array
 
-DECODERS: Registry[Callable[[MediaSource, int], DecodedMedia]] = Registry("decoder")
+DEFAULT_BUDGET = MediaBudget()
+
+
+class Decoder(Protocol):
+    def __call__(self, source: MediaSource, n_frames: int = 32, *, budget: MediaBudget = ...) -> DecodedMedia:
+        """``n_frames`` sampled frames, upright RGB, refused or downscaled as ``budget`` says before decoding."""
+        ...
+
+
+DECODERS: Registry[Decoder] = Registry("decoder")
 
 
 @dataclass(frozen=True)
@@ -93,6 +113,7 @@ class DecodedMedia:
     frames: tuple[SampledFrame, ...]
     decoder: str = "pyav"  # the decoder that produced the frames
     fallback_reason: str | None = None  # why a preferred decoder (DALI) was not used, when it was not
+    scale: float = 1.0  # kept frames' width over the media's: below 1 when the frame budget downscaled them
 
 
 # --- sources ------------------------------------------------------------------------------------
@@ -154,8 +175,8 @@ def _open_image(src: _Source) -> Image.Image | None:
     """The still image in ``src``, or None when PIL does not claim it (or it is an animation)."""
     try:  # PIL opens (and on failure closes) a path itself, so no file handle leaks
         image = Image.open(src.path or io.BytesIO(src.data), formats=_image_formats())
-    except Image.DecompressionBombError as e:
-        raise MediaError("corrupt_media", f"image exceeds the decompression-bomb limit: {e}") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning: under ``-W error``
+        raise MediaError("too_many_pixels", f"image exceeds Pillow's decompression-bomb limit: {e}") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return None
     if getattr(image, "is_animated", False) and image.format in ANIMATED_AS_VIDEO:
@@ -181,21 +202,49 @@ def _image_facts(image: Image.Image, size: int) -> MediaFacts:
     return MediaFacts("image", fmt, codec, width, height, None, None, 1, size)
 
 
-def _image_rgb(image: Image.Image) -> np.ndarray:
-    """Decode the pixels upright (EXIF orientation applied) as RGB uint8."""
+def _image_rgb(image: Image.Image, size: tuple[int, int]) -> np.ndarray:
+    """Decode the pixels upright (EXIF orientation applied) as RGB uint8 of ``size`` (upright width, height).
+
+    At full size the image is decoded as it is. Smaller (the frame budget), a JPEG is decoded by libjpeg at the
+    largest of 1/2, 1/4, 1/8 scale that is not below ``size`` (``draft``), then resized down (antialiased).
+    """
     try:
-        upright = ImageOps.exif_transpose(image).convert("RGB")
-        return np.ascontiguousarray(np.asarray(upright, dtype=np.uint8))
+        if size != _upright_size(image) and image.format in ("JPEG", "MPO"):
+            stored = size if image.size == _upright_size(image) else size[::-1]
+            image.draft("RGB", stored)
+        image.load()
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no second full-size copy
+        if image.size != size:
+            return _rgb_array(image.convert("RGB").resize(size, Image.Resampling.BILINEAR))
+        return _rgb_array(image)
     except Exception as e:  # PIL's decoders raise OSError, ValueError, SyntaxError, struct.error...
         code = "truncated_media" if "truncated" in str(e) else "corrupt_media"
         raise MediaError(code, f"cannot decode {image.format} image: {e}") from e
 
 
-def _decode_image(image: Image.Image, size: int) -> DecodedMedia:
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    """The decoded image as an RGB uint8 array, converted band by band: beside Pillow's own 4-byte pixels only the
+    array itself is held (≈ 7 bytes per pixel in all), not a converted copy and an export buffer as well."""
+    width, height = image.size
+    rgb = np.empty((height, width, 3), np.uint8)
+    rows = max(1, IMAGE_BAND_BYTES // (4 * width))
+    for top in range(0, height, rows):
+        band = image.crop((0, top, width, min(top + rows, height)))
+        rgb[top : top + rows] = np.asarray(band if band.mode == "RGB" else band.convert("RGB"))
+    return rgb
+
+
+def _decode_image(image: Image.Image, size: int, budget: MediaBudget) -> DecodedMedia:
+    """The image as one frame, refused from its header when over the budget, downscaled when over the frame budget.
+
+    The facts keep the image's true (upright) size; ``scale`` says how far the kept frame was shrunk.
+    """
     with image:
-        facts, rgb = _image_facts(image, size), _image_rgb(image)
-    facts = replace(facts, width=rgb.shape[1], height=rgb.shape[0])
-    return DecodedMedia(facts, (SampledFrame(index=0, pts_s=None, rgb=rgb),))
+        facts = _image_facts(image, size)
+        budget.check(facts)
+        rgb = _image_rgb(image, budget.kept_size(facts.width, facts.height, 1))
+    frame = SampledFrame(index=0, pts_s=None, rgb=rgb)
+    return DecodedMedia(facts, (frame,), scale=rgb.shape[1] / facts.width)
 
 
 # --- video: container and facts -----------------------------------------------------------------
@@ -258,7 +307,8 @@ def _count_packets(src: _Source) -> int:
             raise MediaError("corrupt_media", f"cannot demux the video stream: {e}") from e
 
 
-def _video_facts(src: _Source, container: av.container.InputContainer, rotation: int) -> MediaFacts:
+def _video_facts(src: _Source, container: av.container.InputContainer) -> MediaFacts:
+    """The stream's facts from its headers, in coded orientation (``_upright`` turns them); no frame is decoded."""
     stream = container.streams.video[0]
     fps = _stream_fps(stream)
     duration = _stream_duration(container, stream)
@@ -267,10 +317,22 @@ def _video_facts(src: _Source, container: av.container.InputContainer, rotation:
         frame_count = _count_packets(src)
         duration = duration or (frame_count / fps if fps else None)
     width, height = stream.codec_context.width, stream.codec_context.height
-    if rotation % 180:
-        width, height = height, width
     codec = _codec_name(stream)
     return MediaFacts("video", container.format.name, codec, width, height, fps, duration, frame_count, src.size)
+
+
+def _upright(facts: MediaFacts, rotation: int) -> MediaFacts:
+    """The facts as displayed: width and height swapped for a quarter-turn display rotation."""
+    return replace(facts, width=facts.height, height=facts.width) if rotation % 180 else facts
+
+
+def _bound_decoder(stream: av.video.stream.VideoStream, facts: MediaFacts, budget: MediaBudget | None) -> None:
+    """Cap the decoder's memory before it opens: frame threads by frame size, and (with a budget) no frame over
+    its ``max_frame_pixels`` even when the stream changes size after its header (FFmpeg's ``max_pixels``)."""
+    context = stream.codec_context
+    context.thread_count = decoder_threads(facts.width, facts.height)
+    if budget is not None:
+        context.options = {**context.options, "max_pixels": str(int(budget.max_frame_pixels))}
 
 
 # --- video: decoding ----------------------------------------------------------------------------
@@ -282,12 +344,15 @@ class _Scan:
 
     start_s: float  # the stream's first timestamp: frame index 0
     fps: float | None  # None when the stream has no timing: frames are then indexed by decode order
+    max_pixels: int | None = None  # a kept frame's pixels at most (the frame budget's share); None: full size
     found: list[SampledFrame] = field(default_factory=list)
     last: SampledFrame | None = None  # the last frame decoded: a stand-in for targets past the end
     reached: int = 0  # one past the highest frame index decoded
     decoded: int = 0
     bad_packets: int = 0  # packets skipped because they failed to decode
     stopped_by: av.error.FFmpegError | None = None  # a demux/decode error that ended the pass
+    rotation: int = 0  # display rotation of the first decoded frame, degrees counter-clockwise
+    coded_size: tuple[int, int] = (0, 0)  # width and height of the first decoded frame, before rotation
     last_raw: tuple[av.VideoFrame, int] | None = None  # turned into ``last`` only at the end
 
     def index_of(self, frame: av.VideoFrame) -> int:
@@ -299,7 +364,9 @@ class _Scan:
     def keep(self, frame: av.VideoFrame, index: int, wanted: bool) -> None:
         """Record a decoded frame; convert it to RGB only when it is a target."""
         if wanted:
-            self.found.append(_sampled(frame, index))
+            self.found.append(_sampled(frame, index, self.max_pixels))
+        if not self.decoded:
+            self.rotation, self.coded_size = round(frame.rotation or 0), (frame.width, frame.height)
         self.reached = max(self.reached, index + 1)
         self.decoded += 1
         self.last_raw = (frame, index)
@@ -309,7 +376,10 @@ class _Scan:
         if self.last_raw is None:
             return
         frame, index = self.last_raw
-        self.last = self.found[-1] if self.found and self.found[-1].index == index else _sampled(frame, index)
+        if self.found and self.found[-1].index == index:
+            self.last = self.found[-1]
+        else:
+            self.last = _sampled(frame, index, self.max_pixels)
         self.last_raw = None
 
 
@@ -324,21 +394,35 @@ def _decoded_frames(
             scan.bad_packets += 1
 
 
-def _upright_rgb(frame: av.VideoFrame) -> np.ndarray:
-    """RGB uint8 pixels with the container's display rotation applied, as a viewer shows them."""
-    rgb = frame.to_ndarray(format="rgb24")
+def _upright_rgb(frame: av.VideoFrame, max_pixels: int | None = None) -> np.ndarray:
+    """RGB uint8 pixels with the container's display rotation applied, as a viewer shows them.
+
+    A frame over ``max_pixels`` is converted straight to a smaller RGB frame of the same aspect ratio (swscale,
+    bilinear), so no full-size RGB copy is ever made.
+    """
+    width, height = frame.width, frame.height
+    if max_pixels is not None and width * height > max_pixels:
+        scale = math.sqrt(max_pixels / (width * height))
+        width, height = max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
+        rgb = frame.to_ndarray(width=width, height=height, format="rgb24")
+    else:
+        rgb = frame.to_ndarray(format="rgb24")
     quarter_turns = round((frame.rotation or 0) / 90) % 4
     if quarter_turns:
         rgb = np.rot90(rgb, k=quarter_turns)
     return np.ascontiguousarray(rgb)
 
 
-def _sampled(frame: av.VideoFrame, index: int) -> SampledFrame:
-    return SampledFrame(index=index, pts_s=frame.time, rgb=_upright_rgb(frame))
+def _sampled(frame: av.VideoFrame, index: int, max_pixels: int | None = None) -> SampledFrame:
+    return SampledFrame(index=index, pts_s=frame.time, rgb=_upright_rgb(frame, max_pixels))
 
 
 def _scan_targets(
-    container: av.container.InputContainer, stream: av.video.stream.VideoStream, targets: list[int], seek: bool
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    targets: list[int],
+    seek: bool,
+    max_pixels: int | None = None,
 ) -> _Scan:
     """Decode the first frame at or after each target, in order, reading forward or seeking.
 
@@ -347,7 +431,7 @@ def _scan_targets(
     decode the same frames again). A target already passed (a frame lost to damage, or two
     targets on one frame) is skipped.
     """
-    scan = _Scan(start_s=float((stream.start_time or 0) * stream.time_base), fps=_stream_fps(stream))
+    scan = _Scan(float((stream.start_time or 0) * stream.time_base), _stream_fps(stream), max_pixels)
     frames = None
     try:
         for target in targets:
@@ -414,34 +498,54 @@ def _finish(scan: _Scan, targets: list[int], frame_count: int) -> tuple[SampledF
     return tuple(scan.found)
 
 
-def _decode_video(src: _Source, n_frames: int, seek_min_gap: int) -> DecodedMedia:
+def _decode_video(src: _Source, n_frames: int, seek_min_gap: int, budget: MediaBudget) -> DecodedMedia:
+    """Sampled frames of a video whose header passed the budget, each kept at most at the frame budget's share.
+
+    The facts keep the video's true (upright) size; ``scale`` says how far the kept frames were shrunk.
+    """
     with _open_video(src) as (container, stream):
-        facts = _video_facts(src, container, rotation=0)
+        facts = _video_facts(src, container)
+        budget.check(facts)  # from the header: nothing is decoded yet
         targets = sample_frame_indices(facts.frame_count, n_frames)
         if not targets:
             raise MediaError("corrupt_media", "the video stream holds no frames")
+        max_pixels = budget.frame_pixels(len(targets))
         seek = bool(facts.fps) and should_seek(facts.frame_count, n_frames, seek_min_gap)
-        scan = _scan_targets(container, stream, targets, seek)
+        _bound_decoder(stream, facts, budget)
+        scan = _scan_targets(container, stream, targets, seek, max_pixels)
     if seek and scan.last is None and scan.stopped_by is not None:  # seeking failed: read through instead
         with _open_video(src) as (container, stream):
-            scan = _scan_targets(container, stream, targets, seek=False)
+            _bound_decoder(stream, facts, budget)
+            scan = _scan_targets(container, stream, targets, False, max_pixels)
     frames = _finish(scan, targets, facts.frame_count)
-    height, width = frames[0].rgb.shape[:2]
-    return DecodedMedia(replace(facts, width=width, height=height), frames)
+    if not (facts.width and facts.height):  # the header left the size unknown: the first frame tells it
+        facts = replace(facts, width=scan.coded_size[0], height=scan.coded_size[1])
+    facts = _upright(facts, scan.rotation)
+    return DecodedMedia(facts, frames, scale=frames[0].rgb.shape[1] / facts.width)
 
 
 # --- public API ---------------------------------------------------------------------------------
 
 
-def probe(source: MediaSource) -> MediaFacts:
-    """Facts about the media from its headers (and, for video, its first frame's display rotation)."""
+def probe(source: MediaSource, budget: MediaBudget | None = None) -> MediaFacts:
+    """Facts about the media from its headers (and, for video, its first frame's display rotation).
+
+    With a ``budget``, media over it raises its ``MediaError`` from the headers, before that first frame is decoded.
+    """
     src = _source(source)
     image = _open_image(src)
     if image is not None:
         with image:
-            return _image_facts(image, src.size)
+            facts = _image_facts(image, src.size)
+        if budget is not None:
+            budget.check(facts)
+        return facts
     with _open_video(src) as (container, stream):
-        return _video_facts(src, container, rotation=_first_rotation(container, stream))
+        facts = _video_facts(src, container)
+        if budget is not None:
+            budget.check(facts)
+        _bound_decoder(stream, facts, budget)
+        return _upright(facts, _first_rotation(container, stream))
 
 
 def _first_rotation(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
@@ -481,20 +585,30 @@ class VideoTiming:
         return all(round((t - self.start_s) * fps) == i for i, t in enumerate(times))
 
 
-def probe_timing(source: MediaSource, max_duration_s: float | None = None) -> VideoTiming:
+def probe_timing(
+    source: MediaSource, max_duration_s: float | None = None, budget: MediaBudget | None = None
+) -> VideoTiming:
     """``probe``'s facts plus the stream facts and packet timestamps a decoder router needs.
 
     The packet scan reads the whole container without decoding; it is skipped (no ``frame_times_s``) for a video
-    whose declared duration exceeds ``max_duration_s``, or is unknown while a limit is set.
+    whose declared duration exceeds ``max_duration_s``, or is unknown while a limit is set. With a ``budget``,
+    media over it raises its ``MediaError`` from the headers, before any frame is decoded or packet scanned.
     """
     src = _source(source)
     image = _open_image(src)
     if image is not None:
         with image:
-            return VideoTiming(_image_facts(image, src.size), 0, None, 0, 0.0, ())
+            facts = _image_facts(image, src.size)
+        if budget is not None:
+            budget.check(facts)
+        return VideoTiming(facts, 0, None, 0, 0.0, ())
     with _open_video(src) as (container, stream):
+        facts = _video_facts(src, container)
+        if budget is not None:
+            budget.check(facts)
+        _bound_decoder(stream, facts, budget)
         rotation = _first_rotation(container, stream)
-        facts = _video_facts(src, container, rotation)
+        facts = _upright(facts, rotation)
         video_streams, pixel_format = len(container.streams.video), stream.codec_context.pix_fmt
         start_s = float((stream.start_time or 0) * stream.time_base)
     too_long = max_duration_s is not None and (facts.duration_s is None or facts.duration_s > max_duration_s)
@@ -515,9 +629,17 @@ def _packet_times(src: _Source) -> tuple[tuple[float, ...], int]:
 
 
 @DECODERS.register("pyav")
-def decode_sampled(source: MediaSource, n_frames: int = 32, *, seek_min_gap: int = SEEK_MIN_GAP_FRAMES) -> DecodedMedia:
+def decode_sampled(
+    source: MediaSource,
+    n_frames: int = 32,
+    *,
+    budget: MediaBudget = DEFAULT_BUDGET,
+    seek_min_gap: int = SEEK_MIN_GAP_FRAMES,
+) -> DecodedMedia:
     """Decode ``n_frames`` evenly spaced frames (one for an image), upright RGB, holding no others.
 
+    Media over ``budget`` is refused from its header (``too_many_pixels``, ``too_long``, ``too_small``) before any
+    frame is decoded; frames that would not fit its frame budget together are decoded downscaled to fit.
     ``seek_min_gap`` is the target spacing (in frames) above which targets are fetched by seeking.
     """
     if n_frames < 1:
@@ -525,8 +647,8 @@ def decode_sampled(source: MediaSource, n_frames: int = 32, *, seek_min_gap: int
     src = _source(source)
     image = _open_image(src)
     if image is not None:
-        return _decode_image(image, src.size)
-    return _decode_video(src, n_frames, seek_min_gap)
+        return _decode_image(image, src.size, budget)
+    return _decode_video(src, n_frames, seek_min_gap, budget)
 
 
 def write_video(

@@ -14,7 +14,8 @@ from daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, infer, prepare
 from daemon.scan import _DONE, _batches, expand_paths
 from engines.aggregate import AggregationRule
 from engines.backends import LoadedEngine, load_engine
-from engines.faces import MtcnnFaceDetector
+from engines.budgets import MediaBudget
+from engines.faces import MtcnnFaceDetector, iou
 from engines.media import write_video
 
 CONFIG = JudgeConfig(
@@ -24,6 +25,13 @@ CONFIG = JudgeConfig(
     decoder="pyav",
     max_media_bytes=10**8,
 )
+
+
+@pytest.fixture(scope="module")
+def astronaut() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +146,109 @@ def test_expand_paths_takes_media_from_folders_and_any_named_file(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     named = tmp_path / "notes.txt"
     assert expand_paths([tmp_path, named]) == [tmp_path / "a.mp4", tmp_path / "sub" / "b.JPG", named]
+
+
+# --- media budgets ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def detector() -> MtcnnFaceDetector:
+    return MtcnnFaceDetector()
+
+
+@pytest.fixture(scope="module")
+def wide_clip(tmp_path_factory) -> Path:
+    """Ten 1280x720 frames: kept whole by the default budget, downscaled by a small one."""
+    rng = np.random.default_rng(2)
+    path = tmp_path_factory.mktemp("media") / "wide.mp4"
+    write_video(path, (rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8) for _ in range(10)), fps=25.0)
+    return path
+
+
+def _png(path: Path, width: int, height: int) -> Path:
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_a_clip_over_the_frame_budget_is_judged_from_downscaled_frames(engine, wide_clip):
+    # Given a frame budget that holds the 8 sampled frames at a quarter of their side
+    config = replace(CONFIG, budget=MediaBudget(frame_budget_bytes=8 * 320 * 180 * 3))
+    # When the clip is prepared, scored and recorded
+    prepared = prepare(_job(wide_clip), engine.manifest, None, config)
+    (outputs,) = infer(engine, [prepared])
+    record = verdict(prepared, outputs, engine.manifest, config)
+    # Then it has an ok verdict on all 8 frames, the media's true size, and a note that frames were downscaled
+    assert prepared.outcome is None and prepared.pixels.shape == (8, 3, 64, 64)
+    assert (record.status, record.frames_sampled, record.width, record.height) == ("ok", 8, 1280, 720)
+    assert record.decoder_note == "downscaled:0.25"
+    # and the default budget keeps the frames whole, with no note
+    assert prepare(_job(wide_clip), engine.manifest, None, CONFIG).decoder_note is None
+
+
+@pytest.mark.parametrize(
+    "budget, code",
+    [
+        (MediaBudget(max_frame_pixels=1280 * 720 - 1), "too_many_pixels"),
+        (MediaBudget(max_video_pixels=10 * 1280 * 720 - 1), "too_many_pixels"),
+        (MediaBudget(max_duration_s=0.2), "too_long"),  # the clip lasts 0.4 s
+    ],
+)
+def test_a_video_over_a_limit_is_an_error_verdict_with_the_limits_code(engine, wide_clip, budget, code):
+    config = replace(CONFIG, budget=budget)
+    record = verdict(prepare(_job(wide_clip), engine.manifest, None, config), None, engine.manifest, config)
+    assert (record.status, record.code, record.p_fake) == ("error", code, None)
+
+
+def test_an_image_over_the_pixel_limit_is_an_error_verdict(engine, tmp_path):
+    image = _png(tmp_path / "big.png", 400, 300)
+    config = replace(CONFIG, budget=MediaBudget(max_image_pixels=400 * 300 - 1))
+    record = verdict(prepare(_job(image), engine.manifest, None, config), None, engine.manifest, config)
+    assert (record.status, record.code) == ("error", "too_many_pixels") and "400x300" in record.detail
+
+
+def test_tiny_images_are_too_small_in_face_mode_and_only_under_two_pixels_in_full_frame_mode(
+    engine, demo_store, detector, tmp_path
+):
+    face_engine = load_engine(demo_store.resolve("demo"))
+    dot, thumb = _png(tmp_path / "dot.png", 1, 1), _png(tmp_path / "thumb.png", 12, 12)
+    # A 1x1 image is too small to judge whatever the engine (not an MTCNN internal_error)
+    for manifest, face_detector in ((engine.manifest, None), (face_engine.manifest, detector)):
+        assert prepare(_job(dot), manifest, face_detector, CONFIG).outcome[:2] == ("error", "too_small")
+    # A 12x12 image cannot hold a face MTCNN finds (20 px at least): too_small in face mode
+    outcome = prepare(_job(thumb), face_engine.manifest, detector, CONFIG).outcome
+    assert outcome[:2] == ("error", "too_small") and "20 px" in outcome[2]
+    # but a full-frame engine resizes it to its input, as it resizes every frame
+    assert prepare(_job(thumb), engine.manifest, None, CONFIG).pixels.shape == (1, 3, 64, 64)
+
+
+def test_face_boxes_are_in_the_medias_pixels_whatever_size_frames_were_decoded_and_searched_at(
+    demo_store, detector, astronaut, tmp_path
+):
+    # Given the astronaut at 1024x1024, and a budget that keeps it at 512x512 and searches it at 400
+    face_engine = load_engine(demo_store.resolve("demo"))
+    path = tmp_path / "astronaut.png"
+    Image.fromarray(astronaut).resize((1024, 1024)).save(path)
+    small = replace(CONFIG, budget=MediaBudget(frame_budget_bytes=512 * 512 * 3, detect_max_side=400))
+    # When it is prepared with the default budget and with the small one
+    whole, bounded = (prepare(_job(path), face_engine.manifest, detector, c) for c in (CONFIG, small))
+    # Then both find the one face, and the boxes agree in the 1024x1024 media's pixels (a box left in the 512 px
+    # frame's pixels would overlap by about 0.25; MTCNN's boxes move a few pixels between scales)
+    (a,), (b,) = whole.regions, bounded.regions
+    assert iou(a.box, b.box) >= 0.85 and b.box.x1 > 512
+    assert whole.pixels.shape == bounded.pixels.shape and (whole.decoder_note, bounded.decoder_note) == (
+        None,
+        "downscaled:0.5",
+    )
+
+
+class _ExhaustedDetector:
+    """A face detector whose allocation fails, as one that meets an unforeseen large input would."""
+
+    def detect(self, frames):
+        raise MemoryError("cannot allocate 8589934592 bytes")
+
+
+def test_running_out_of_memory_is_that_jobs_error_verdict(demo_store, tmp_path):
+    face_engine = load_engine(demo_store.resolve("demo"))
+    prepared = prepare(_job(_png(tmp_path / "p.png", 64, 64)), face_engine.manifest, _ExhaustedDetector(), CONFIG)
+    assert prepared.outcome[:2] == ("error", "out_of_memory")

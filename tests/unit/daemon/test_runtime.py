@@ -6,6 +6,7 @@ import pytest
 
 from daemon.runtime import judge_config, start_decoder
 from daemon.settings import Settings
+from engines.budgets import MediaBudget
 from engines.errors import DeepsiftError
 
 
@@ -37,3 +38,23 @@ def test_auto_falls_back_to_pyav_when_the_dali_worker_cannot_start(monkeypatch) 
     assert start_decoder(Settings(decoder="auto", device="cuda")) == "pyav"
     with pytest.raises(DeepsiftError, match="insufficient"):
         start_decoder(Settings(decoder="dali", device="cuda"))
+
+
+def test_the_judge_settings_carry_the_media_budget() -> None:
+    # Given non-default limits, When the judge configuration is made, Then its budget holds them (MB made bytes)
+    settings = Settings(
+        max_image_pixels=50_000_000,
+        max_frame_pixels=9_000_000,
+        max_video_pixels=10**11,
+        max_duration_s=600.0,
+        job_frame_budget_mb=256,
+        detect_max_side=960,
+    )
+    budget = judge_config(settings, "pyav").budget
+    assert (budget.max_image_pixels, budget.max_frame_pixels, budget.max_video_pixels) == (50_000_000, 9_000_000, 1e11)
+    assert (budget.max_duration_s, budget.frame_budget_bytes, budget.detect_max_side) == (600.0, 256 << 20, 960)
+
+
+def test_the_default_settings_give_the_engines_default_budget() -> None:
+    # The trainer and tests judge with MediaBudget(); the daemon's defaults must be the same limits
+    assert judge_config(Settings(), "pyav").budget == MediaBudget()

@@ -10,8 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.faces import FaceBox, MtcnnFaceDetector, assign_tracks, crop_faces, iou, square_crop
-from engines.media import decode_sampled, write_video
+from engines.faces import (
+    MAX_FACES_PER_FRAME,
+    FaceBox,
+    MtcnnFaceDetector,
+    assign_tracks,
+    crop_faces,
+    detect_faces,
+    iou,
+    square_crop,
+)
+from engines.media import SampledFrame, decode_sampled, write_video
 
 
 def _box(x0: float, y0: float, x1: float, y1: float, confidence: float = 0.99) -> FaceBox:
@@ -162,3 +171,90 @@ def test_crop_faces_on_a_pan_over_astronaut_gives_one_track(
         assert crop.rgb.shape[0] == crop.rgb.shape[1] == round(max(crop.box.width, crop.box.height) * 1.3)
     # And the face moves left with the pan
     assert crops[-1].box.x0 < crops[0].box.x0 - 100
+
+
+# --- detection at a bounded size -----------------------------------------------------------------------
+
+
+def _on_canvas(portrait: np.ndarray, width: int = 1920, height: int = 1080, left: int = 400) -> np.ndarray:
+    """The portrait pasted on a grey frame of width x height (the portrait as high as the frame at most)."""
+    frame = np.full((height, width, 3), 110, np.uint8)
+    frame[: portrait.shape[0], left : left + portrait.shape[1]] = portrait[:height]
+    return frame
+
+
+@pytest.fixture(scope="module")
+def large_portrait(astronaut: np.ndarray) -> np.ndarray:
+    """A 1920x1080 frame with the astronaut 1080 high: her face is about 190 px wide."""
+    from PIL import Image
+
+    return _on_canvas(np.asarray(Image.fromarray(astronaut).resize((1080, 1080))))
+
+
+def test_frames_smaller_than_the_smallest_face_get_no_faces_instead_of_an_mtcnn_error(
+    mtcnn_detector: MtcnnFaceDetector,
+) -> None:
+    # Given frames under MTCNN's 20 px minimum face (its image pyramid would be empty) and one at it
+    tiny = [np.zeros((1, 1, 3), np.uint8), np.zeros((19, 400, 3), np.uint8), np.full((20, 20, 3), 128, np.uint8)]
+    # When detected, Then none has a face and nothing raises
+    assert mtcnn_detector.detect(tiny) == [[], [], []]
+    assert mtcnn_detector.min_face_size == 20
+
+
+def test_detection_on_a_downscaled_copy_finds_the_full_resolution_box(
+    mtcnn_detector: MtcnnFaceDetector, large_portrait: np.ndarray
+) -> None:
+    # Given a 1920x1080 frame with a 190 px face, When searched at full size and on a copy 640 px long (1/3)
+    (full,) = mtcnn_detector.detect([large_portrait])
+    (small,) = detect_faces(mtcnn_detector, [large_portrait], max_side=640)
+    # Then both find the one face, and the copy's box, mapped back to the frame, overlaps it with IoU >= 0.9
+    assert len(full) == len(small) == 1
+    assert iou(full[0], small[0]) >= 0.9
+    assert 400 < small[0].x0 < small[0].x1 < 1480  # in the frame's pixels, not the copy's
+
+
+def test_detection_on_a_torch_frame_is_downscaled_on_its_device_like_a_numpy_frame(
+    mtcnn_detector: MtcnnFaceDetector, large_portrait: np.ndarray
+) -> None:
+    import torch
+
+    (from_numpy,) = detect_faces(mtcnn_detector, [large_portrait], max_side=640)
+    (from_tensor,) = detect_faces(mtcnn_detector, [torch.from_numpy(large_portrait)], max_side=640)
+    assert len(from_numpy) == len(from_tensor) == 1 and iou(from_numpy[0], from_tensor[0]) >= 0.9
+
+
+def test_the_smallest_face_searched_for_is_20_detection_pixels_relative_to_the_frame(
+    mtcnn_detector: MtcnnFaceDetector, astronaut: np.ndarray
+) -> None:
+    # Given a 1920x1080 frame with a face about 44 px wide (the portrait at half size)
+    frame = _on_canvas(np.ascontiguousarray(astronaut[::2, ::2]))
+    # Then at full size, and on a copy 1280 long (floor 20 * 1920 / 1280 = 30 px: the face is above it), it is found
+    assert len(mtcnn_detector.detect([frame])[0]) == 1
+    assert len(detect_faces(mtcnn_detector, [frame], max_side=1280)[0]) == 1
+    # but on a copy 400 long the floor is 96 px and the face, 9 px there, is under half of it: not found
+    # (MTCNN's pyramid starts at its minimum face; it still catches some faces down to about half that size)
+    assert detect_faces(mtcnn_detector, [frame], max_side=400) == [[]]
+
+
+def test_crops_are_cut_from_the_frame_at_full_resolution(
+    mtcnn_detector: MtcnnFaceDetector, large_portrait: np.ndarray
+) -> None:
+    # Given the 1920x1080 frame searched on a copy 640 long, When its face is cropped with a 30 % margin
+    frame = SampledFrame(index=0, pts_s=None, rgb=large_portrait)
+    (crop,) = crop_faces([frame], mtcnn_detector, margin=0.3, max_side=640)
+    # Then the crop is the frame's own pixels around the mapped-back box (about 250 px, not a third of it)
+    assert crop.rgb.shape[0] == round(max(crop.box.width, crop.box.height) * 1.3) > 200
+    np.testing.assert_array_equal(crop.rgb, square_crop(large_portrait, crop.box, 0.3))
+
+
+class _Crowd:
+    """A detector that sees twenty faces in every frame, the i-th with confidence 0.5 + i / 50."""
+
+    def detect(self, frames):
+        return [[_box(10 * i, 0, 10 * i + 8, 8, 0.5 + i / 50) for i in range(20)] for _ in frames]
+
+
+def test_a_crowd_keeps_its_most_confident_faces_per_frame() -> None:
+    (kept,) = detect_faces(_Crowd(), [np.zeros((64, 256, 3), np.uint8)])
+    assert len(kept) == MAX_FACES_PER_FRAME == 16
+    assert min(box.confidence for box in kept) == pytest.approx(0.5 + 4 / 50)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import itertools
+import struct
+import subprocess
+import sys
 import tracemalloc
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +18,7 @@ import pytest
 from PIL import Image
 
 from engines import media
+from engines.budgets import MediaBudget
 from engines.errors import MediaError
 from engines.media import DECODERS, decode_sampled, probe, sample_frame_indices, should_seek, write_video
 
@@ -334,3 +339,205 @@ def test_write_video_rejects_odd_sizes_and_size_changes(tmp_path: Path) -> None:
         write_video(tmp_path / "odd.mp4", [np.zeros((15, 16, 3), np.uint8)])
     with pytest.raises(ValueError, match="changed"):
         write_video(tmp_path / "mixed.mp4", [np.zeros((16, 16, 3), np.uint8), np.zeros((32, 16, 3), np.uint8)])
+
+
+# --- budgets: refused from the header, large media decoded downscaled -------------------------------------
+
+
+def _png_header_only(width: int, height: int, idat: bytes = b"") -> bytes:
+    """A PNG whose header declares width x height but whose pixel data is missing (or ``idat``): decoding it fails."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + (chunk(b"IDAT", idat) if idat else b"") + chunk(b"IEND", b"")
+
+
+def _budget_code(source: media.MediaSource, budget: MediaBudget, n_frames: int = 16) -> str:
+    with pytest.raises(MediaError) as caught:
+        decode_sampled(source, n_frames, budget=budget)
+    return caught.value.code
+
+
+def test_a_one_pixel_png_is_too_small(tmp_path: Path) -> None:
+    path = tmp_path / "dot.png"
+    Image.new("RGB", (1, 1), (200, 10, 10)).save(path)
+    assert _budget_code(path, MediaBudget()) == "too_small"
+    with pytest.raises(MediaError, match="too_small"):
+        probe(path, budget=MediaBudget())
+    assert decode_sampled(_png(2, 2)).frames[0].rgb.shape == (2, 2, 3)  # 2x2 is still a picture
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 10)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_an_image_over_the_pixel_limit_is_refused_from_its_header_before_decoding() -> None:
+    # Given PNGs that declare 12000x12000 and 64x64 but hold no pixel data: decoding either one fails
+    bomb, small = _png_header_only(12_000, 12_000), _png_header_only(64, 64, zlib.compress(b"\0" * 100))
+    assert _budget_code(small, MediaBudget()) == "truncated_media"
+    # When the 144 Mpx one is decoded under the default 100 Mpx limit, or the small one under a 4000 px limit,
+    # Then the header alone refuses them: too_many_pixels, not the truncation decoding would find
+    assert _budget_code(bomb, MediaBudget()) == "too_many_pixels"
+    assert _budget_code(small, MediaBudget(max_image_pixels=4000)) == "too_many_pixels"
+
+
+def test_an_image_past_pillows_own_bomb_limit_is_too_many_pixels_not_corrupt() -> None:
+    # Given a header declaring 400 Mpx, over twice Pillow's limit (Pillow raises instead of opening it)
+    with pytest.raises(MediaError) as caught:
+        decode_sampled(_png_header_only(20_000, 20_000, b"x"), budget=MediaBudget(max_image_pixels=10**9))
+    assert caught.value.code == "too_many_pixels" and "decompression-bomb" in caught.value.detail
+
+
+@pytest.fixture(scope="module")
+def jpeg_13000(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 13000x13000 (169 Mpx) greyscale JPEG: over Pillow's warning limit, under its error limit."""
+    path = tmp_path_factory.mktemp("bomb") / "13000.jpg"
+    image = Image.new("L", (13_000, 13_000), 128)
+    image.paste(255, (0, 0, 6500, 6500))  # the top-left quarter white
+    image.save(path, quality=50)
+    return path
+
+
+_PEAK_RSS = """
+import sys, warnings
+from engines.budgets import MediaBudget
+from engines.errors import MediaError
+from engines.media import decode_sampled
+warnings.simplefilter("ignore")
+budget = MediaBudget(max_image_pixels=int(sys.argv[2]), frame_budget_bytes=int(sys.argv[3]))
+try:
+    decoded = decode_sampled(sys.argv[1], budget=budget)
+    rgb = decoded.frames[0].rgb
+    print("ok", rgb.shape[1], rgb.shape[0], int(rgb[: rgb.shape[0] // 3, : rgb.shape[1] // 3].mean()), decoded.scale)
+except MediaError as e:
+    print(e.code)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent (pytest) across fork and exec
+print(next(int(line.split()[1]) // 1024 for line in open("/proc/self/status") if line.startswith("VmHWM")))
+"""
+
+
+def _decode_in_fresh_process(path: Path, max_image_pixels: int, frame_budget_bytes: int) -> tuple[list[str], int]:
+    args = [sys.executable, "-c", _PEAK_RSS, str(path), str(max_image_pixels), str(frame_budget_bytes)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[3])
+    assert result.returncode == 0, result.stderr
+    *verdict, peak_mb = result.stdout.split()
+    return verdict, int(peak_mb)
+
+
+def test_the_13000_pixel_jpeg_is_refused_without_decoding_it(jpeg_13000: Path) -> None:
+    # Given the 169 Mpx JPEG (507 MB as RGB), When decoded under the default budget in a fresh process
+    verdict, peak_mb = _decode_in_fresh_process(jpeg_13000, 100_000_000, 1 << 30)
+    # Then it is too_many_pixels, and the process never grew by anything like one decoded copy
+    assert verdict == ["too_many_pixels"]
+    assert peak_mb < 150
+
+
+def test_a_jpeg_over_the_frame_budget_is_decoded_at_reduced_scale_by_libjpeg(jpeg_13000: Path) -> None:
+    # Given a budget that allows the 169 Mpx JPEG but keeps only 3 MB of frame (about 1000x1000)
+    verdict, peak_mb = _decode_in_fresh_process(jpeg_13000, 200_000_000, 3_000_000)
+    # Then it is judged, kept at the budget's size with its content in place (white top-left quarter)
+    status, width, height, top_left, scale = verdict
+    assert (
+        status == "ok"
+        and int(width) == int(height) == MediaBudget(frame_budget_bytes=3_000_000).kept_size(13_000, 13_000, 1)[0]
+    )
+    assert int(top_left) > 240 and float(scale) == pytest.approx(int(width) / 13_000)
+    # and libjpeg decoded it at 1/8 scale: far below one full-size decode (169 MB even as greyscale)
+    assert peak_mb < 150
+
+
+def test_an_image_over_the_frame_budget_keeps_its_orientation_and_true_size(jpeg_exif_rotated: bytes) -> None:
+    # Given the 100x40 JPEG shown turned (40 wide, 100 high), When kept at half its pixels per side
+    decoded = decode_sampled(jpeg_exif_rotated, budget=MediaBudget(frame_budget_bytes=20 * 50 * 3))
+    rgb = decoded.frames[0].rgb
+    # Then the frame is 20x50, upright (block top-right), the facts say 40x100 and the scale 0.5
+    assert rgb.shape == (50, 20, 3) and rgb[:5, -5:].mean() > 200 and rgb[:5, :5].mean() < 50
+    assert (decoded.facts.width, decoded.facts.height, decoded.scale) == (40, 100, 0.5)
+
+
+def test_a_photo_downscaled_by_the_budget_matches_the_full_decode_resized() -> None:
+    from skimage import data
+
+    photo = np.asarray(Image.fromarray(data.astronaut()).resize((1600, 1600)))
+    buffer = io.BytesIO()
+    Image.fromarray(photo).save(buffer, "JPEG", quality=95)
+    full = decode_sampled(buffer.getvalue()).frames[0].rgb
+    small = decode_sampled(buffer.getvalue(), budget=MediaBudget(frame_budget_bytes=400 * 400 * 3)).frames[0].rgb
+    assert small.shape == (400, 400, 3)
+    expected = np.asarray(Image.fromarray(full).resize((400, 400), Image.Resampling.BILINEAR))
+    assert np.abs(small.astype(int) - expected).mean() < 3
+
+
+@pytest.mark.parametrize(
+    "budget, code",
+    [
+        (MediaBudget(max_frame_pixels=160 * 96 - 1), "too_many_pixels"),
+        (MediaBudget(max_video_pixels=120 * 160 * 96 - 1), "too_many_pixels"),
+        (MediaBudget(max_duration_s=4.0), "too_long"),  # the clip lasts 4.8 s
+        (MediaBudget(min_side=97), "too_small"),
+    ],
+)
+def test_a_video_over_a_limit_is_refused_from_its_header_before_any_frame_is_decoded(
+    clip_120: Path, budget: MediaBudget, code: str
+) -> None:
+    # Given the clip's header with none of its frames (cut before the first packet): decoding it fails
+    header_only = _cut_before_packet(clip_120, 0)
+    assert _budget_code(header_only, MediaBudget()) in {"corrupt_media", "truncated_media"}
+    # When decoded or probed over a limit, Then the header alone answers, with the limit's code
+    assert _budget_code(header_only, budget) == code
+    for probe_with_budget in (probe, media.probe_timing):
+        with pytest.raises(MediaError) as caught:
+            probe_with_budget(header_only, budget=budget)
+        assert caught.value.code == code
+
+
+@pytest.fixture(scope="module")
+def clip_4k(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six 3840x2160 frames of a phone-style clip: the astronaut, panning."""
+    from skimage import data
+
+    portrait = np.asarray(Image.fromarray(data.astronaut()).resize((2160, 2160)))
+    frame = np.zeros((2160, 3840, 3), np.uint8)
+    frame[:, 840:3000] = portrait
+    path = tmp_path_factory.mktemp("4k") / "4k.mp4"
+    write_video(path, (np.roll(frame, 40 * t, axis=1) for t in range(6)), fps=30.0)
+    return path
+
+
+def test_a_4k_clip_under_a_small_budget_is_decoded_downscaled_to_fit(clip_4k: Path) -> None:
+    # Given a 12 MB frame budget for 6 frames of 3840x2160 (149 MB at full size)
+    budget = MediaBudget(frame_budget_bytes=12 << 20)
+    tracemalloc.start()
+    try:
+        decoded = decode_sampled(clip_4k, 6, budget=budget)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Then the six frames fit the budget together, keep the 16:9 aspect, and the facts keep the true size
+    shapes = {f.rgb.shape for f in decoded.frames}
+    assert len(decoded.frames) == 6 and shapes == {(*budget.kept_size(3840, 2160, 6)[::-1], 3)}
+    (shape,) = shapes
+    assert 6 * shape[0] * shape[1] * 3 <= budget.frame_budget_bytes and shape[1] / shape[0] == pytest.approx(
+        16 / 9, rel=0.01
+    )
+    assert (decoded.facts.width, decoded.facts.height) == (3840, 2160)
+    assert decoded.scale == pytest.approx(shape[1] / 3840)
+    # and no full-size RGB frame was ever made: the peak is the kept frames and one more in flight
+    assert peak < budget.frame_budget_bytes * 1.5
+    # and the pixels are the full decode, resized
+    full = decode_sampled(clip_4k, 6).frames[3].rgb
+    expected = np.asarray(Image.fromarray(full).resize(shape[1::-1], Image.Resampling.BILINEAR))
+    assert np.abs(decoded.frames[3].rgb.astype(int) - expected).mean() < 3
+
+
+def test_a_rotated_clip_under_a_budget_is_upright_and_downscaled(rotated_clip: Path) -> None:
+    # Given the 160x96 clip shown turned (96 wide, 160 high), When 2 frames are kept at half their side
+    decoded = decode_sampled(rotated_clip, 2, budget=MediaBudget(frame_budget_bytes=2 * 80 * 48 * 3))
+    rgb = decoded.frames[0].rgb
+    # Then the frames are 48 wide, 80 high, the band on the left, and the facts are the upright true size
+    assert rgb.shape == (80, 48, 3) and rgb[:, :3].mean() > 200 and rgb[:, -4:].mean() < 30
+    assert (decoded.facts.width, decoded.facts.height, decoded.scale) == (96, 160, 0.5)
