@@ -17,6 +17,21 @@ from daemon.logs import configure_logging
 from daemon.settings import Settings
 from engines.errors import DeepsiftError
 
+SCAN_EXIT_CODES = """\
+paths that cannot be read as files get error verdicts with one of these codes, and the scan goes on:
+  not_found         a missing path or a dangling symbolic link
+  symlink_loop      a symbolic link that leads back to itself
+  unreadable        a file that cannot be opened or read, a folder that cannot be listed
+  not_regular_file  a FIFO, socket or device (never opened)
+a verdict the database refuses is replaced by a store_failed error verdict.
+
+exit status:
+  0  every file got a verdict from its media (ok, abstained, or an error such as corrupt_media)
+  2  every file got a verdict, but some paths could not be read as files or some verdicts could not
+     be stored; the footer counts each
+  1  the scan could not run (no engine, database unreachable or not migrated) or broke off
+"""
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
@@ -46,7 +61,7 @@ def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     from daemon.engine_watch import EngineWatcher, FaceDetectors
     from daemon.repository import VerdictRepository
     from daemon.runtime import engine_loader, judge_config, start_decoder
-    from daemon.scan import run_scan
+    from daemon.scan import ScanFailed, ScanResult, exit_code, run_scan
     from daemon.table import VerdictTable
     from engines.store import EngineStore
 
@@ -67,13 +82,17 @@ def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         table.header(watcher.current().manifest)
         detectors = FaceDetectors(settings.device)
         detectors.for_engine(watcher.current().manifest)  # a detector that cannot be built fails the scan here
-        results = [
-            table.row(r) for r in run_scan(args.paths, watcher, repository, config, detectors, settings.prefetch)
-        ]
+        results: list[ScanResult] = []
+        try:
+            for result in run_scan(args.paths, watcher, repository, config, detectors, settings.prefetch):
+                results.append(table.row(result))
+        except ScanFailed:
+            table.footer(results)  # what was judged before the scan broke off; the error follows (exit 1)
+            raise
         table.footer(results)
     finally:
         watcher.stop()
-    return 0
+    return exit_code(results)
 
 
 def _quiet_libraries(level: str) -> None:
@@ -119,7 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--engine", help="engine name (env DEEPSIFT_ENGINE_NAME)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    scan = commands.add_parser("scan", help="judge local videos and images, store one verdict per file")
+    scan = commands.add_parser(
+        "scan",
+        help="judge local videos and images, store one verdict per file",
+        description="Judge local videos and images and store one verdict per file: every file named, and every\n"
+        "file with a media suffix inside a named folder (recursively; symlinked folders inside are not followed).",
+        epilog=SCAN_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     scan.add_argument("paths", nargs="+", type=Path, help="files and folders (folders: media files, recursively)")
     scan.add_argument("--engine-version", type=int, help="use this version instead of 'current'")
     scan.add_argument("--frames", type=int, help="frames sampled per video (env DEEPSIFT_FRAMES_PER_VIDEO)")

@@ -1,4 +1,5 @@
-"""The verdict table ``daemon scan`` prints: one row per file as soon as its verdict is stored."""
+"""The verdict table ``daemon scan`` prints: one row per file as soon as its verdict is stored, and a footer that
+counts verdicts by status, paths that could not be read as files by code, and verdicts that could not be stored."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class VerdictTable:
         name = result.path.name if result.path else v.media_uri
         p = "" if v.p_fake is None else f"{v.p_fake:.3f}"
         frames = "" if v.frames_sampled is None else str(v.frames_sampled)
-        code = (v.code or "") + ("" if result.created else " (stored before)")
+        code = (v.code or "") + _stored_note(result)
         self._line([name, v.media_type or "", v.status, v.label or "", p, frames, code])
         return result
 
@@ -43,3 +44,25 @@ class VerdictTable:
         counts = Counter(r.verdict.status for r in results)
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no media found"
         print(f"{len(results)} files: {summary}", file=self.out)
+        unread = Counter(r.verdict.code for r in results if r.path_problem)
+        if unread:
+            by_code = ", ".join(f"{n} {code}" for code, n in sorted(unread.items()))
+            print(f"{_count(unread.total(), 'path')} could not be read as files: {by_code}", file=self.out)
+        refused = [r for r in results if r.store_error]
+        if refused:
+            lost = sum(r.verdict_id is None for r in refused)
+            print(
+                f"{_count(len(refused), 'verdict')} could not be stored: {len(refused) - lost} stored as store_failed, "
+                f"{lost} not stored at all (see the log)",
+                file=self.out,
+            )
+
+
+def _stored_note(result: ScanResult) -> str:
+    if result.verdict_id is None:
+        return " (not stored)"
+    return "" if result.created else " (stored before)"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"

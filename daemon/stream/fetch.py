@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import http.client
 import ipaddress
+import os
 import socket
 import ssl
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import structlog
 
+from daemon.paths import not_regular, path_problem
 from daemon.pipeline import MediaJob
 from daemon.stream.jobs import JobV1
 from engines.errors import MediaError
@@ -100,14 +103,19 @@ def local_path(url: str, roots: Sequence[MediaRoot]) -> Path:
         raise MediaError("forbidden_path", "file:// media is disabled: no media_roots are configured")
     if not any(_under(path, root.written) or _under(path, root.resolved) for root in roots):
         raise MediaError("forbidden_path", "the path is outside the media roots")
-    try:
+    try:  # stat first: its errno tells a symlink loop from a missing or unreadable path (as daemon scan does)
+        mode = os.stat(raw).st_mode
         resolved = Path(raw).resolve(strict=True)
-    except (OSError, RuntimeError) as e:  # missing, unreadable folder, or a symlink loop
-        raise MediaError("not_found", f"no such file: {raw}") from e
+    except OSError as e:
+        problem = path_problem(e, Path(raw))
+        raise MediaError(problem.code, problem.detail) from e
+    except RuntimeError as e:  # Python < 3.13 reports a symlink loop in resolve() this way
+        raise MediaError("symlink_loop", f"cannot read {raw}: symbolic link loop") from e
     if not any(_under(resolved, root.resolved) for root in roots):
         raise MediaError("forbidden_path", "the path leaves the media roots through a symlink")
-    if not resolved.is_file():
-        raise MediaError("not_found", f"not a regular file: {raw}")
+    if not stat.S_ISREG(mode):  # a FIFO, socket, device or folder: never opened (a FIFO would block)
+        problem = not_regular(Path(raw), mode)
+        raise MediaError(problem.code, problem.detail)
     return resolved
 
 

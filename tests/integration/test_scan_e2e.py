@@ -36,9 +36,11 @@ def _bad_files(folder: Path, good_clip: Path) -> dict[str, str]:
     }
 
 
-def _run_daemon(database_url: str, store: EngineStore, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_daemon(
+    database_url: str, store: EngineStore, *args: str, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "DEEPSIFT_DATABASE_URL": database_url, "DEEPSIFT_ENGINE_STORE": str(store.root)}
-    return subprocess.run([str(DAEMON), *args], env=env, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run([str(DAEMON), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def _verdicts(database_url: str, folder: Path) -> dict[str, dict]:
@@ -97,6 +99,77 @@ def test_scan_judges_every_file_and_separates_real_from_fake(database_url, demo_
     # and the table on stdout lists every file
     for name in verdicts:
         assert name[:28] in result.stdout
+
+
+ROOT_PROOF_UNREADABLE = Path("/proc/sys/vm/drop_caches")  # a sysctl file of mode 0200 refuses root a read too
+
+
+def _unreadable_file(path: Path, like: Path) -> Path:
+    """A media file this user cannot open: mode 000, or (as root, who reads those) a link to a file that refuses
+    root too."""
+    shutil.copy(like, path)
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        path.unlink()
+        if os.access(ROOT_PROOF_UNREADABLE, os.R_OK) or not ROOT_PROOF_UNREADABLE.exists():
+            pytest.skip("no file here that this user cannot read")
+        path.symlink_to(ROOT_PROOF_UNREADABLE)
+    return path
+
+
+def _hostile_paths(folder: Path, good: Path) -> dict[str, str]:
+    """Paths that are no readable files, among the good media, with the error code each must get."""
+    os.symlink("loop_b.mp4", folder / "loop_a.mp4")
+    os.symlink("loop_a.mp4", folder / "loop_b.mp4")
+    os.symlink("deleted_upload.jpg", folder / "dangling.jpg")
+    os.mkfifo(folder / "fifo.mp4")
+    _unreadable_file(folder / "unreadable.mp4", good)
+    os.mkfifo(folder / "pipe.log")  # no media suffix, inside a folder: skipped as any non-media name
+    os.symlink("..", folder / "parent.mp4")  # a symlinked folder: not followed, so no loop and no verdict
+    return {
+        "loop_a.mp4": "symlink_loop",
+        "loop_b.mp4": "symlink_loop",
+        "dangling.jpg": "not_found",
+        "fifo.mp4": "not_regular_file",
+        "unreadable.mp4": "unreadable",
+    }
+
+
+@pytest.mark.timeout(900)  # the demo engine trains first; the scan itself must not hang on the FIFO
+def test_scan_gives_every_path_a_verdict_goes_on_past_bad_paths_and_exits_2(database_url, demo_store, scan_folder):
+    # Given the demo media with broken files, plus symlink loops, a dangling link, a FIFO, an unreadable file
+    folder, truth, bad = scan_folder
+    hostile = _hostile_paths(folder, folder / "real_clip_1.mp4")
+    missing = folder / "never_uploaded.mp4"
+    # When the folder is scanned with /dev/null and a missing file named after it
+    result = _run_daemon(database_url, demo_store, "scan", str(folder), "/dev/null", str(missing), timeout=300)
+    # Then it finishes, with exit status 2: every file has a verdict, but some paths could not be read as files
+    assert result.returncode == 2, result.stderr[-3000:]
+    verdicts = _verdicts(database_url, folder)
+    assert set(verdicts) == set(truth) | set(bad) | set(hostile) | {missing.name}
+    codes = {name: (v["status"], v["code"]) for name, v in verdicts.items()}
+    assert {n: codes[n] for n in hostile} == {n: ("error", code) for n, code in hostile.items()}
+    assert codes[missing.name] == ("error", "not_found")
+    assert {n: codes[n] for n in bad} == {n: ("error", code) for n, code in bad.items()}
+    # the good files before and after the bad paths are judged from their pixels
+    judged = {n for n in truth if truth[n] in ("real", "fake")}
+    assert {n: codes[n][0] for n in judged} == dict.fromkeys(judged, "ok")
+    # /dev/null, named, has its verdict too (a device is never opened)
+    engine = make_engine(database_url)
+    with engine.connect() as c:
+        null = c.execute(text("SELECT status, code FROM verdicts WHERE media_uri = 'file:///dev/null'")).one()
+    engine.dispose()
+    assert tuple(null) == ("error", "not_regular_file")
+    # and the footer counts each kind of path that could not be read
+    assert "7 paths could not be read as files: 2 not_found, 2 not_regular_file, 2 symlink_loop, 1 unreadable" in (
+        result.stdout
+    )
+
+
+def test_scan_help_documents_exit_codes_and_path_codes():
+    result = subprocess.run([str(DAEMON), "scan", "--help"], capture_output=True, text=True, check=True)
+    for text_ in ("exit status", "symlink_loop", "unreadable", "not_regular_file", "not_found", "store_failed"):
+        assert text_ in result.stdout
 
 
 def test_video_verdict_has_media_facts_engine_and_face_scores(database_url, demo_store, scan_folder):

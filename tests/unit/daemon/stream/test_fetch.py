@@ -90,7 +90,7 @@ def test_other_file_url_shapes_are_refused(tree):
     _refused(a.as_uri() + "?x=1", [tree["root"]], "forbidden_path")
     _refused(a.as_uri(), [], "forbidden_path")  # no roots configured: file:// is off
     _refused((tree["root"] / "missing.png").as_uri(), [tree["root"]], "not_found")
-    _refused(tree["root"].as_uri(), [tree["root"]], "not_found")  # a folder is not media
+    _refused(tree["root"].as_uri(), [tree["root"]], "not_regular_file")  # a folder is not media
 
 
 def test_fetch_job_verifies_the_content_hash(tree):
