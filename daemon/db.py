@@ -7,11 +7,13 @@ with :func:`upgrade_database`.
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alembic import command
 from alembic.config import Config
@@ -24,6 +26,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from engines.errors import DeepsiftError, RetryableError
 
+if TYPE_CHECKING:
+    from daemon.settings import Settings
+
 ALEMBIC_DIR = Path(__file__).resolve().parents[1] / "alembic"
 
 # SQLSTATE classes that mean "the server or the moment", not "the statement": connection exception,
@@ -32,11 +37,59 @@ _RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
 _RETRYABLE_SQLITE_MESSAGES = ("database is locked", "database table is locked", "unable to open database", "disk i/o")
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine for ``url``; SQLite gets its directory, foreign keys and WAL, PostgreSQL pre-ping."""
+# Drivers on libpq, which understands the connect_timeout, keepalives and tcp_user_timeout parameters.
+_LIBPQ_DRIVERS = frozenset({"psycopg", "psycopg2"})
+
+
+@dataclass(frozen=True)
+class DbTimeouts:
+    """How long PostgreSQL may keep the daemon waiting before a connection counts as broken.
+
+    A silent server (packets dropped, not refused) never sends an error: without these a connect waits for
+    minutes and a query on an open connection forever. ``statement_s`` None means no limit (migrations).
+    Keepalives find an idle connection to a vanished peer after idle + interval × count seconds, and
+    ``tcp_user_timeout`` drops one whose sent data stays unacknowledged that long.
+    """
+
+    connect_s: float = 10.0
+    statement_s: float | None = None
+    keepalive_idle_s: int = 10
+    keepalive_interval_s: int = 3
+    keepalive_count: int = 3
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DbTimeouts:
+        return cls(connect_s=settings.db_connect_timeout_s, statement_s=settings.db_statement_timeout_s)
+
+    @property
+    def tcp_user_timeout_ms(self) -> int:
+        return 1000 * (self.keepalive_idle_s + self.keepalive_interval_s * self.keepalive_count)
+
+    def libpq_args(self, url: URL) -> dict[str, Any]:
+        """libpq connection parameters; one the URL's query names itself wins (``options`` are joined)."""
+        args: dict[str, Any] = {
+            "connect_timeout": max(2, math.ceil(self.connect_s)),  # libpq's unit is whole seconds, at least 2
+            "keepalives": 1,
+            "keepalives_idle": self.keepalive_idle_s,
+            "keepalives_interval": self.keepalive_interval_s,
+            "keepalives_count": self.keepalive_count,
+            "tcp_user_timeout": self.tcp_user_timeout_ms,
+        }
+        args = {name: value for name, value in args.items() if name not in url.query}
+        if self.statement_s is not None:
+            statement = f"-c statement_timeout={max(1, round(self.statement_s * 1000))}"
+            given = url.query.get("options")
+            args["options"] = f"{given} {statement}" if isinstance(given, str) and given else statement
+        return args
+
+
+def make_engine(url: str, timeouts: DbTimeouts = DbTimeouts()) -> Engine:
+    """Create an engine for ``url``; SQLite gets its directory, foreign keys and WAL, PostgreSQL pre-ping and
+    ``timeouts`` (the default has no statement limit, so migrations may run long)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True)
+        connect_args = timeouts.libpq_args(parsed) if parsed.get_driver_name() in _LIBPQ_DRIVERS else {}
+        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     database_file = _sqlite_file(parsed)
     if database_file is not None:
         database_file.parent.mkdir(parents=True, exist_ok=True)

@@ -2,8 +2,10 @@
 
 Liveness means the main loop is turning (a hung loop gets the process restarted). Readiness means the
 daemon can do its job: the engine is loaded and warm, the consumer has joined its group, no dependency
-(database, broker) is failing, and it is not draining. Kubernetes probes and systemd units use these
-exact paths; the port is ``health_port`` (8080).
+(database, broker) is failing, and it is not draining. A dependency fails when a retry loop is stuck on it
+or when its probe (``daemon.stream.probes``) got an error or no answer in time; the reason is in the body.
+A silent dependency leaves liveness alone: the loop still turns, restarting would not help. Kubernetes
+probes and systemd units use these exact paths; the port is ``health_port`` (8080).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Health:
         self._joined = False
         self._draining = False
         self._failing: dict[str, dict[int, str]] = {}  # dependency → {thread: error} of retry loops stuck on it
+        self._probes_failing: dict[str, str] = {}  # dependency → why its latest probe failed
 
     def turned(self) -> None:
         """The main loop completed a turn."""
@@ -60,6 +63,15 @@ class Health:
             if failing:
                 failing.pop(threading.get_ident(), None)
 
+    def probe_failed(self, name: str, reason: str) -> None:
+        """The dependency's probe got an error or no answer in time; it stays failing until a probe succeeds."""
+        with self._lock:
+            self._probes_failing[name] = reason
+
+    def probe_ok(self, name: str) -> None:
+        with self._lock:
+            self._probes_failing.pop(name, None)
+
     def live(self) -> tuple[bool, dict[str, Any]]:
         """Live while starting (before the loop runs) and while the loop turned recently."""
         with self._lock:
@@ -71,6 +83,7 @@ class Health:
     def ready(self) -> tuple[bool, dict[str, Any]]:
         with self._lock:
             failing = {name: next(iter(errors.values())) for name, errors in self._failing.items() if errors}
+            failing.update(self._probes_failing)  # a probe's reason says more than the last retry's error
             state = {
                 "engine_warm": self._engine_warm,
                 "consumer_joined": self._joined,

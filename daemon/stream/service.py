@@ -11,7 +11,7 @@ import threading
 import structlog
 
 from daemon import notify
-from daemon.db import make_engine, require_current_schema
+from daemon.db import DbTimeouts, make_engine, require_current_schema
 from daemon.engine_watch import EngineWatcher
 from daemon.repository import VerdictRepository
 from daemon.runtime import engine_loader, start_decoder
@@ -48,7 +48,7 @@ def start_services(settings: Settings, health: Health, metrics: StreamMetrics, l
     """Database (schema checked), engine (loaded, warm, followed), producer; waits while a dependency is down."""
     watch = Watch(health, metrics)
     notify.notify_status("connecting to the database")
-    db = make_engine(settings.database_url)
+    db = make_engine(settings.database_url, DbTimeouts.from_settings(settings))
     retry_forever(lambda: require_current_schema(db), dependency="database", stop=lifecycle.stopping, watch=watch)
     repository = VerdictRepository(db)
     notify.notify_status("loading the engine")
