@@ -3,23 +3,26 @@
 Builds ViT-B-16-SigLIP2 image-tower engines at 224 with random weights (one full-frame, one face mode),
 generates fixed 10-second 640×360 H.264 clips with a face in them, then prints, per mode:
 videos/s and frames/s end to end, engine-only frames/s on batches of the same size, and their ratio.
-Also the peak RSS of a `daemon scan` process on a 10-minute clip vs a 10-second clip.
+Also the peak RSS of a `daemon scan` process on a 10-minute clip vs a 10-second clip, and per job for a
+1080p clip, a 4K clip and an 8K photo (each scanned alone, face mode), beside the ceiling the media budgets
+imply (``MemoryCeiling`` in tests/hostile_media.py, from the settings' defaults).
 
     .venv/bin/python benchmarks/scan.py                # everything (~15 min on 2 CPU cores)
     .venv/bin/python benchmarks/scan.py --skip-memory  # throughput only
+    .venv/bin/python benchmarks/scan.py --memory       # peak RSS per job for 1080p, 4K, 8K and the ceiling only
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -29,6 +32,7 @@ from daemon.logs import configure_logging  # noqa: E402
 from daemon.pipeline import JudgeConfig  # noqa: E402
 from daemon.repository import VerdictRepository  # noqa: E402
 from daemon.scan import run_scan  # noqa: E402
+from daemon.settings import Settings  # noqa: E402
 from engines.aggregate import AggregationRule  # noqa: E402
 from engines.backends import load_engine  # noqa: E402
 from engines.faces import MtcnnFaceDetector  # noqa: E402
@@ -36,6 +40,7 @@ from engines.media import write_video  # noqa: E402
 from engines.models import build_detector  # noqa: E402
 from engines.recipes import load_recipe  # noqa: E402
 from engines.store import EngineStore  # noqa: E402
+from tests.hostile_media import Budgets, MemoryCeiling, measure, runtime_and_engine_mib, write_clip, write_photo  # noqa: E402
 from trainer.build import build_onnx_engine  # noqa: E402
 from trainer.demo import scene_factory  # noqa: E402
 
@@ -100,23 +105,77 @@ def scan_throughput(store: EngineStore, name: str, clips: list[Path], workdir: P
     }
 
 
-# Linux copies the parent's peak RSS into a forked child, so a child of this (large) benchmark process would
-# report at least our own peak. A small launcher process forks the scan and reports its child's peak instead.
-_LAUNCHER = (
-    "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-)
+def scan_alone(store: EngineStore, name: str, media: Path, workdir: Path) -> tuple[float, str]:
+    """Peak RSS (MiB) of a fresh `daemon scan` process judging one file, and the verdict it stored.
+
+    The scan runs under the launcher of tests/hostile_media.py: a child of this (large) benchmark process would
+    report at least our own peak, since Linux copies it into a forked child."""
+    url = f"sqlite:///{workdir / f'rss-{media.stem}.db'}"
+    upgrade_database(url)
+    env = {**os.environ, "DEEPSIFT_DATABASE_URL": url, "DEEPSIFT_ENGINE_STORE": str(store.root)}
+    daemon = Path(sys.executable).parent / "daemon"
+    result = measure([str(daemon), "--engine", name, "scan", str(media)], env, guard_mib=16 << 10, timeout=3600)
+    if result.returncode != 0 or result.killed:
+        raise RuntimeError(f"scan of {media.name}: {result}")
+    engine = make_engine(url)
+    with engine.connect() as c:
+        status, code, frames = c.execute(text("SELECT status, code, frames_sampled FROM verdicts")).one()
+    engine.dispose()
+    return result.peak_mib, f"{status} {code or ''} ({frames} frames)".replace("  ", " ")
 
 
 def peak_rss_of_scan(store: EngineStore, name: str, clip: Path, workdir: Path) -> float:
     """Peak RSS (MiB) of a fresh `daemon scan` process judging one clip."""
-    url = f"sqlite:///{workdir / f'rss-{clip.stem}.db'}"
-    upgrade_database(url)
-    env = {**os.environ, "DEEPSIFT_DATABASE_URL": url, "DEEPSIFT_ENGINE_STORE": str(store.root)}
-    daemon = Path(sys.executable).parent / "daemon"
-    command = [sys.executable, "-c", _LAUNCHER, str(daemon), "--engine", name, "scan", str(clip)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    return int(result.stdout.strip().splitlines()[-1]) / 1024
+    return scan_alone(store, name, clip, workdir)[0]
+
+
+def large_media(data: Path, seconds: float) -> list[tuple[str, Path, dict[str, int]]]:
+    """A 1080p and a 4K H.264 clip (``seconds`` long, a face panning) and an 8K JPEG photo, cached in ``data``;
+    each with its label and its size as ``MemoryCeiling.of`` takes it."""
+    n = round(seconds * FPS)
+    made = []
+    for label, width, height in (("1080p clip", 1920, 1080), ("4K clip", 3840, 2160)):
+        path = data / f"clip{height}p_{n}f.mp4"
+        if not path.exists():
+            write_clip(path, width, height, n, fps=FPS)
+        made.append(
+            (f"{label} {width}x{height}, {n} frames", path, {"frame_pixels": width * height, "image_pixels": 0})
+        )
+    photo = data / "photo_7680x4320.jpg"
+    if not photo.exists():
+        write_photo(photo, 7680, 4320)
+    return [*made, ("8K photo 7680x4320", photo, {"frame_pixels": 0, "image_pixels": 7680 * 4320})]
+
+
+def memory_per_job(store: EngineStore, name: str, data: Path, seconds: float, workdir: Path) -> None:
+    """Print the peak RSS of a scan of each large medium alone, over a scan of a small image, beside what the
+    budgets allow a job of its size; then the ceilings of a `daemon scan` and a `daemon run` process."""
+    small = data / "small_photo.jpg"
+    if not small.exists():
+        write_photo(small, 320, 240)
+    baseline, _ = scan_alone(store, name, small, workdir)
+    settings = Settings()
+    budgets = Budgets.from_settings(settings)
+    print(
+        f"peak RSS per job, `daemon scan` of one file, engine {name}, frames_per_video {settings.frames_per_video}, "
+        f"job_frame_budget_mb {settings.job_frame_budget_mb}, {os.cpu_count()} CPUs; "
+        f"baseline (a 320x240 photo): {baseline:.0f} MiB"
+    )
+    for label, path, pixels in large_media(data, seconds):
+        peak, verdict = scan_alone(store, name, path, workdir)
+        job = MemoryCeiling.of(budgets, baseline, **pixels)
+        print(
+            f"  {label:32} {peak:6.0f} MiB  +{peak - baseline:5.0f} over the baseline; the budgets allow "
+            f"+{job.total_mib - baseline:.0f} at this size; {verdict}"
+        )
+    estimate = runtime_and_engine_mib(store.resolve(name))
+    print(f"runtime and engine: measured {baseline:.0f} MiB (the baseline), estimated {estimate:.0f}")
+    for what, jobs in (
+        ("`daemon scan`", 1),
+        (f"`daemon run`, prepare_workers {settings.prepare_workers}", settings.prepare_workers),
+    ):
+        ceiling = MemoryCeiling.of(budgets, baseline, jobs).explain()
+        print(f"ceiling the budgets imply for any admitted media, {what}: {ceiling}")
 
 
 def main() -> None:
@@ -125,11 +184,18 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=6)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--memory", action="store_true", help="only the peak RSS per job for 1080p, 4K, 8K media")
+    parser.add_argument("--memory-seconds", type=float, default=4.0, help="length of the 1080p and 4K clips")
+    parser.add_argument("--memory-engine", choices=("face", "full"), default="face")
     args = parser.parse_args()
     configure_logging("WARNING", "console")
     args.data.mkdir(parents=True, exist_ok=True)
     store = EngineStore(args.data / "engines")
     build_engines(store)
+    if args.memory:
+        with tempfile.TemporaryDirectory() as tmp:
+            memory_per_job(store, f"b16-{args.memory_engine}", args.data, args.memory_seconds, Path(tmp))
+        return
     clips = [make_clip(args.data / f"clip10s_{i}.mp4", 10.0, seed=i) for i in range(args.videos)]
     print(
         f"{len(clips)} clips, 10 s 640x360 H.264 @ {FPS:g} fps, {FRAMES_PER_VIDEO} frames sampled per video; engine "
@@ -151,6 +217,7 @@ def main() -> None:
                 f"peak RSS, full-frame scan: 10-second clip {short_rss:.0f} MiB, 10-minute clip {long_rss:.0f} MiB, "
                 f"ratio {long_rss / short_rss:.3f}"
             )
+            memory_per_job(store, f"b16-{args.memory_engine}", args.data, args.memory_seconds, Path(tmp))
 
 
 if __name__ == "__main__":
