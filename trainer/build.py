@@ -1,5 +1,5 @@
-"""Build an engine from a trained detector: trace, export ONNX, build the backend's artifact, check its parity
-with torch, write the manifest, store, promote.
+"""Build an engine from a trained detector: trace, export ONNX, build the backend's artifact (by its entry in
+``trainer.artifacts.BACKEND_BUILDS``), check its parity with torch, write the manifest, store, promote.
 
 ONNX is always exported: it is the TensorRT input, and it proves the detector has a portable form. The parity gate
 compares every output of the artifact, run by the backend that will serve it, with eager torch fp32 on a fixed
@@ -9,7 +9,6 @@ golden batch, within a tolerance set by the engine's precision; a failure raises
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,22 +18,11 @@ from torch import nn
 
 from engines.backends import BACKENDS, BackendOptions
 from engines.errors import EngineError
-from engines.manifest import BackendSpec, BatchRange, Calibration, EngineManifest, OutputSpec, sha256_file
+from engines.manifest import BatchRange, Calibration, EngineManifest, sha256_file
 from engines.recipes import Recipe
 from engines.store import EngineStore
-from trainer.export import (
-    INPUT_NAME,
-    ONNX_OPSET,
-    export_onnx,
-    export_pt2,
-    golden_batch,
-    output_spec,
-    reference_outputs,
-    trace,
-    weights_sha256,
-)
-
-ONNX_ARTIFACT, TORCH_ARTIFACT, TENSORRT_ARTIFACT = "model.onnx", "model.pt2", "model.plan"
+from trainer.artifacts import BACKEND_BUILDS, ONNX_ARTIFACT, Exported
+from trainer.export import INPUT_NAME, export_onnx, golden_batch, output_spec, reference_outputs, trace, weights_sha256
 
 
 @dataclass(frozen=True)
@@ -110,66 +98,6 @@ def check_parity(
     return Parity(precision, max_abs, allowed)
 
 
-@dataclass(frozen=True)
-class Exported:
-    """One trace of the detector and its ONNX form, in the build's scratch folder."""
-
-    program: torch.export.ExportedProgram
-    spec: OutputSpec
-    onnx: Path
-    image_size: int
-    batch: BatchRange
-
-
-ArtifactBuilder = Callable[[Exported, str, Path | None], tuple[Path, BackendSpec]]
-
-
-def _onnxruntime_artifact(exported: Exported, precision: str, timing_cache: Path | None) -> tuple[Path, BackendSpec]:
-    import onnxruntime
-
-    spec = BackendSpec(name="onnxruntime", version=onnxruntime.__version__, precision=precision, onnx_opset=ONNX_OPSET)
-    return exported.onnx, spec
-
-
-def _torch_artifact(exported: Exported, precision: str, timing_cache: Path | None) -> tuple[Path, BackendSpec]:
-    path = export_pt2(exported.program, exported.spec, exported.onnx.with_name(TORCH_ARTIFACT))
-    return path, BackendSpec(name="torch", version=torch.__version__, precision=precision)
-
-
-def _tensorrt_artifact(exported: Exported, precision: str, timing_cache: Path | None) -> tuple[Path, BackendSpec]:
-    from trainer.tensorrt_build import build_plan  # needs tensorrt only when a plan is built
-
-    plan = exported.onnx.with_name(TENSORRT_ARTIFACT)
-    info = build_plan(exported.onnx, plan, exported.batch, exported.image_size, precision, timing_cache)
-    spec = BackendSpec(
-        name="tensorrt",
-        version=info.version,
-        precision=precision,
-        onnx_opset=ONNX_OPSET,
-        gpu_compute_capability=info.compute_capability,
-    )
-    return plan, spec
-
-
-@dataclass(frozen=True)
-class BackendBuild:
-    """How one backend's artifact is built, the precisions it can be built in, and whether it runs (and so is
-    checked) on the GPU when there is one."""
-
-    artifact: ArtifactBuilder
-    precisions: tuple[str, ...]
-    gpu: bool
-
-
-# ONNX Runtime runs the exported fp32 graph on CPU; torch runs any float precision (autocast) on CPU or CUDA;
-# TensorRT builds any precision into its plan, on the GPU it will run on.
-BACKEND_BUILDS: dict[str, BackendBuild] = {
-    "onnxruntime": BackendBuild(_onnxruntime_artifact, ("fp32",), gpu=False),
-    "torch": BackendBuild(_torch_artifact, ("fp32", "fp16", "bf16"), gpu=True),
-    "tensorrt": BackendBuild(_tensorrt_artifact, ("fp32", "fp16", "bf16", "int8"), gpu=True),
-}
-
-
 def candidate_outputs(
     manifest: EngineManifest, artifact: Path, golden: torch.Tensor, device: str = "cpu"
 ) -> dict[str, np.ndarray]:
@@ -197,7 +125,7 @@ def build_engine(
     outputs disagree with torch beyond the precision's tolerance. ``timing_cache`` is TensorRT's."""
     if backend not in BACKEND_BUILDS:
         raise EngineError(f"cannot build backend {backend!r}; choose one of {', '.join(BACKEND_BUILDS)}")
-    how = BACKEND_BUILDS[backend]
+    how = BACKEND_BUILDS.get(backend)
     if precision not in how.precisions:
         raise EngineError(f"backend {backend} builds {', '.join(how.precisions)} engines, not {precision}")
     device = "cuda" if how.gpu and torch.cuda.is_available() else "cpu"

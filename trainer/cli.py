@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from engines.errors import DeepsiftError
 
 DEFAULT_DEMO_STEPS = 700  # trainer.demo.DemoBudget.steps; repeated here so --help stays light
+Commands = argparse._SubParsersAction
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -163,13 +164,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_fewshot(args: argparse.Namespace) -> int:
-    import json
-
-    import torch
-
     from engines.models import build_detector
     from trainer.data import dataset_for
     from trainer.fewshot import fit_prototypes, load_encoder
+    from trainer.runs import RunFolder
 
     recipe = _recipe(args)
     if args.shots:
@@ -179,12 +177,11 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
         load_encoder(detector, args.encoder_checkpoint)
     support, val = dataset_for(args.data, "train", recipe), dataset_for(args.data, "val", recipe)
     result = fit_prototypes(recipe, detector, support, val, seed=args.seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(detector.state_dict(), args.out / "best.pt")
-    (args.out / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
-    summary = {"recipe": recipe.name, "recipe_sha256": recipe.sha256, **vars(result),
-               "threshold_rule": f"lowest threshold with validation precision >= {result.min_precision}"}  # fmt: skip
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    run = RunFolder(args.out).create()
+    run.save_best(detector.state_dict())
+    run.write_recipe(recipe)
+    rule = f"lowest threshold with validation precision >= {result.min_precision}"
+    run.write_summary({"recipe": recipe.name, "recipe_sha256": recipe.sha256, **vars(result), "threshold_rule": rule})
     print(
         f"prototypes from {result.support_per_class} images per class; threshold {result.threshold:.3f} "
         f"(val precision {result.val_precision:.3f}, recall {result.val_recall:.3f}, AUC {result.val_roc_auc:.3f})"
@@ -202,13 +199,11 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainer", description="deepsift trainer: detectors and engines")
-    parser.add_argument("--engine-store", type=Path, default=Path("var/engines"), help="engine store root")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_recipes(commands: Commands) -> None:
     commands.add_parser("recipes", help="list the shipped detector recipes").set_defaults(handler=cmd_recipes)
 
+
+def _add_demo(commands: Commands) -> None:
     demo = commands.add_parser("demo", help="train the demo engine (about 2 min on CPU) and write demo media")
     demo.add_argument("--name", default="demo")
     demo.add_argument("--media", type=Path, help="also write demo videos and images with ground truth here")
@@ -218,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--force", action="store_true", help="rebuild even if a current demo engine exists")
     demo.set_defaults(handler=cmd_demo)
 
+
+def _add_backend_choices(parser: argparse.ArgumentParser, backend_help: str | None, precision_help: str | None) -> None:
+    """``--backend`` and ``--precision``, their choices from the registry of backend builds."""
+    from trainer.artifacts import BACKEND_BUILDS, buildable_precisions
+
+    parser.add_argument("--backend", choices=BACKEND_BUILDS.names(), default="onnxruntime", help=backend_help)
+    parser.add_argument("--precision", choices=buildable_precisions(), default="fp32", help=precision_help)
+
+
+def _add_build_engine(commands: Commands) -> None:
     build = commands.add_parser("build-engine", help="export a recipe's detector to a parity-checked engine")
     build.add_argument("--recipe", required=True, help="shipped recipe name or path to a recipe JSON")
     build.add_argument("--name", required=True, help="engine name in the store")
@@ -225,13 +230,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--backbone-weights", type=Path, help="local open_clip checkpoint for the image tower")
     build.add_argument("--allow-untrained", action="store_true", help="build with a random head (benchmarks only)")
     build.add_argument("--no-promote", action="store_true", help="store the version without making it current")
-    build.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime",
-                       help="runtime that serves the engine (torch and tensorrt: the GPU paths)")  # fmt: skip
-    build.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32",
-                       help="onnxruntime: fp32; torch: fp32/fp16/bf16; tensorrt: any (int8: Q/DQ graphs)")  # fmt: skip
+    _add_backend_choices(
+        build,
+        backend_help="runtime that serves the engine (torch and tensorrt: the GPU paths)",
+        precision_help="onnxruntime: fp32; torch: fp32/fp16/bf16; tensorrt: any (int8: Q/DQ graphs)",
+    )
     build.add_argument("--timing-cache", type=Path, help="TensorRT timing cache to reuse and update")
     build.set_defaults(handler=cmd_build_engine)
 
+
+def _add_rebuild_engine(commands: Commands) -> None:
     rebuild = commands.add_parser(
         "rebuild-engine", help="newest checkpoint → calibrated, parity-checked engine → promoted unless a gate refuses"
     )
@@ -240,8 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--runs", type=Path, default=Path("runs"), help="folder of run folders (default: ./runs)")
     rebuild.add_argument("--run", type=Path, help="use this run folder instead of the newest")
     rebuild.add_argument("--data", type=Path, help="dataset manifest with a val split (default: the run's)")
-    rebuild.add_argument("--backend", choices=["onnxruntime", "torch", "tensorrt"], default="onnxruntime")
-    rebuild.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"], default="fp32")
+    _add_backend_choices(rebuild, backend_help=None, precision_help=None)
     rebuild.add_argument("--calibration", choices=["temperature", "isotonic", "none"], default="temperature")
     rebuild.add_argument("--target-fpr", type=float, default=0.01, help="false-positive rate on real validation items")
     rebuild.add_argument(
@@ -253,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--device", help="torch device for validation (default: cuda when available)")
     rebuild.set_defaults(handler=cmd_rebuild_engine)
 
+
+def _add_import_folders(commands: Commands) -> None:
     folders = commands.add_parser("import-folders", help="write a manifest for a split/class folder layout")
     folders.add_argument("root", type=Path, help="dataset root holding train/, val/, test/ folders")
     folders.add_argument("--layout", choices=["binary", "classes"], default="binary",
@@ -261,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     folders.add_argument("--manifest", default="manifest.jsonl", help="file name inside root (.jsonl or .csv)")
     folders.set_defaults(handler=cmd_import_folders)
 
+
+def _add_prepare(commands: Commands) -> None:
     prep = commands.add_parser("prepare", help="media → face crops (or frames) with the daemon's decode and face code")
     prep.add_argument("--data", type=Path, required=True, help="manifest of images and videos")
     prep.add_argument("--recipe", required=True, help="recipe whose input contract (crop mode, margin) applies")
@@ -268,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--frames", type=int, default=32, help="evenly spaced frames per video (SD²: 32)")
     prep.set_defaults(handler=cmd_prepare)
 
+
+def _add_fit(commands: Commands) -> None:
     fitp = commands.add_parser("fit", help="train a recipe's detector on a manifest (torchrun for several GPUs)")
     fitp.add_argument("--recipe", required=True)
     fitp.add_argument("--data", type=Path, required=True, help="manifest with train and val splits")
@@ -285,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     fitp.add_argument("--no-progress", action="store_true")
     fitp.set_defaults(handler=cmd_fit)
 
+
+def _add_evaluate(commands: Commands) -> None:
     ev = commands.add_parser("evaluate", help="metrics (JSON) and plots (PNG) of a trained detector on a split")
     ev.add_argument("--data", type=Path, required=True)
     ev.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -301,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device")
     ev.set_defaults(handler=cmd_evaluate)
 
+
+def _add_fewshot(commands: Commands) -> None:
     few = commands.add_parser("fewshot", help="prototype few-shot adaptation (seed 000 §2.3) → run folder or engine")
     few.add_argument("--recipe", required=True)
     few.add_argument("--data", type=Path, required=True, help="manifest: support from train, threshold from val")
@@ -312,9 +329,26 @@ def build_parser() -> argparse.ArgumentParser:
     few.add_argument("--engine", help="also build an engine of this name into --engine-store")
     few.set_defaults(handler=cmd_fewshot)
 
+
+def _add_engines(commands: Commands) -> None:
     from trainer.engines_cli import add_engines_commands
 
     add_engines_commands(commands)
+
+
+# The sub-commands in the order ``trainer --help`` lists them.
+SUBCOMMANDS: tuple[Callable[[Commands], None], ...] = (
+    _add_recipes, _add_demo, _add_build_engine, _add_rebuild_engine, _add_import_folders, _add_prepare, _add_fit,
+    _add_evaluate, _add_fewshot, _add_engines,
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainer", description="deepsift trainer: detectors and engines")
+    parser.add_argument("--engine-store", type=Path, default=Path("var/engines"), help="engine store root")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(commands)
     return parser
 
 

@@ -2,19 +2,19 @@
 grad scaler on CUDA, bf16 anywhere), gradient accumulation and clipping, EMA, best checkpoint by the recipe's
 metric, resume, fixed seeds, progress bars, and DDP when started by ``torchrun``.
 
-A run folder holds ``best.pt`` (the detector's state_dict — what ``trainer build-engine --checkpoint`` loads),
-``last.pt`` (everything needed to resume), ``history.json`` (training curves), ``recipe.json`` and
-``summary.json`` (best figure, step, and the validation-chosen threshold).
+What it writes is a run folder (``trainer.runs.RunFolder``): the best detector weights, a checkpoint to resume
+from, the training curves, the recipe, and last the summary (best figure, step, the validation-chosen threshold).
+
+``fit`` reads top to bottom: set up (``_set_up``), step (``_train``: ``_accumulate`` per micro-batch,
+``_optimizer_step`` per step), validate and save (``_validate``, ``_save_progress``), finish (``_finish``).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +22,16 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from engines.recipes import Recipe, TrainSpec
 from trainer.augment import augmenter_for
 from trainer.data import ManifestDataset
+from trainer.distributed import Rank, data_parallel, epoch_batches, rank_device, rank_loader, to_device
 from trainer.evaluate import autocast, evaluation_report, predict_dataset, selection_score
 from trainer.metrics import youden_threshold
 from trainer.objectives import OBJECTIVES, Objective
+from trainer.runs import RunFolder
 
 
 @dataclass(frozen=True)
@@ -88,94 +89,93 @@ def make_scheduler(
 
 
 @dataclass(frozen=True)
-class _Rank:
-    """This process's place in a ``torchrun`` job (or a lone process)."""
+class _Run:
+    """The fixed facts of one fit: the recipe, the validation split, the options, this rank and its device, the
+    run folder, and where validation rows go."""
 
-    rank: int = 0
-    world: int = 1
-    local: int = 0
+    recipe: Recipe
+    val: ManifestDataset
+    options: FitOptions
+    rank: Rank
+    device: torch.device
+    files: RunFolder
+    log: Callable[[dict[str, float]], None]
 
-    @classmethod
-    def from_env(cls) -> _Rank:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+@dataclass
+class _Training:
+    """What the loop steps and ``last.pt`` saves: the detector, the objective DDP sees, the optimizer and the rest."""
+
+    model: nn.Module
+    module: nn.Module  # the objective, DDP-wrapped on several ranks
+    params: list[nn.Parameter]
+    loader: torch.utils.data.DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    ema: Any  # torch.optim.swa_utils.AveragedModel, or None
+    total: int  # optimizer steps
+    eval_every: int  # optimizer steps
 
     @property
-    def main(self) -> bool:
-        return self.rank == 0
+    def evaluated(self) -> nn.Module:
+        """The weights validated and kept as the best: the EMA's when there is one."""
+        return self.model if self.ema is None else self.ema.module
 
-    def agree(self, flag: bool) -> bool:
-        """True on every rank when any rank says so (stop on one rank's time budget stops all)."""
-        if self.world == 1:
-            return flag
-        value = torch.tensor(float(flag))
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return bool(value.item())
+    def checkpoint(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Everything ``restore`` needs to continue from here."""
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None, "state": state,
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
+        }  # fmt: skip
 
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()
-
-
-def _device(options: FitOptions, rank: _Rank) -> torch.device:
-    if options.device:
-        return torch.device(options.device)
-    return torch.device(f"cuda:{rank.local}") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def _loader(dataset: ManifestDataset, spec: TrainSpec, options: FitOptions, rank: _Rank) -> torch.utils.data.DataLoader:
-    generator = torch.Generator().manual_seed(options.seed)
-    sampler = (
-        torch.utils.data.DistributedSampler(dataset, rank.world, rank.rank, shuffle=True, seed=options.seed)
-        if rank.world > 1
-        else torch.utils.data.RandomSampler(dataset, generator=generator)
-    )
-    per_rank = max(1, spec.batch_size // rank.world)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=per_rank,
-        sampler=sampler,
-        num_workers=options.workers,
-        drop_last=len(dataset) // rank.world >= per_rank,  # BatchNorm heads cannot train on a batch of one
-        worker_init_fn=lambda worker: np.random.seed((options.seed + 1000 * rank.rank + worker) % 2**32),
-        generator=generator,
-        persistent_workers=options.workers > 0,
-    )
+    def restore(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """Load a ``checkpoint`` back; the loop state it was saved with."""
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None and saved.get("ema") is not None:
+            self.ema.load_state_dict(saved["ema"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        np.random.set_state(saved["rng"]["numpy"])
+        return saved["state"]
 
 
-def _batches(loader: torch.utils.data.DataLoader, start_epoch: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    epoch = start_epoch
-    while True:
-        if isinstance(loader.sampler, torch.utils.data.DistributedSampler):
-            loader.sampler.set_epoch(epoch)
-        for batch in loader:
-            yield epoch, batch
-        epoch += 1
+def _fresh_state() -> dict[str, Any]:
+    """The loop state (saved in ``last.pt``): where training is, the best validation figure so far, the history."""
+    return {"step": 0, "epoch": 0, "best_metric": -math.inf, "best_step": 0, "history": []}
 
 
-class _Checkpoints:
-    """Files of one run folder."""
+def _ema(model: nn.Module, decay: float) -> Any:
+    if decay <= 0:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    def __init__(self, out: Path) -> None:
-        self.out = Path(out)
-        self.best, self.last = self.out / "best.pt", self.out / "last.pt"
-        self.history, self.summary = self.out / "history.json", self.out / "summary.json"
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
-    def write_json(self, path: Path, value: object) -> None:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(value, indent=2) + "\n")
-        tmp.replace(path)
 
-    def save(self, path: Path, value: object) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save(value, tmp)
-        tmp.replace(path)
+def _set_up(objective_type: type[Objective], model: nn.Module, train: ManifestDataset, run: _Run) -> _Training:
+    """The objective on this rank's device, its trainable parameters, the loader, the step budget, the optimizer,
+    its schedule, the AMP scaler and the EMA."""
+    spec, options, rank, device = run.recipe.train, run.options, run.rank, run.device
+    model.to(device)
+    objective: Objective = objective_type(model, run.recipe, seed=options.seed + rank.rank)
+    params = [p for p in objective.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError(f"recipe {run.recipe.name!r} leaves nothing to train")
+    loader = rank_loader(train, spec.batch_size, options.seed, options.workers, rank)
+    steps_per_epoch = max(1, len(loader) // spec.grad_accumulation)
+    total = options.max_steps or (options.epochs or spec.epochs) * steps_per_epoch
+    optimizer = make_optimizer(spec, params)
+    scheduler = make_scheduler(optimizer, spec, total)
+    scaler = torch.amp.GradScaler(device.type, enabled=spec.amp == "fp16" and device.type == "cuda")
+    ema = _ema(model, spec.ema_decay)  # a copy of the weights before DDP broadcasts rank 0's
+    module = data_parallel(objective, rank, device)
+    eval_every = options.eval_every or steps_per_epoch
+    return _Training(model, module, params, loader, optimizer, scheduler, scaler, ema, total, eval_every)
 
 
 def fit(
@@ -187,122 +187,105 @@ def fit(
     log: Callable[[dict[str, float]], None] = lambda row: None,
 ) -> FitResult:
     """Train ``model`` by ``recipe`` on ``train``, keep the best on ``val`` by ``recipe.train.select_by``."""
-    spec = recipe.train
-    objective_type = OBJECTIVES.get(spec.loss)
+    objective_type = OBJECTIVES.get(recipe.train.loss)
     if not objective_type.trainable:
-        raise ValueError(f"recipe {recipe.name!r} ({spec.loss}) is not trained by gradients; see `trainer fewshot`")
-    rank = _Rank.from_env()
-    device = _device(options, rank)
-    seed_everything(options.seed + rank.rank)
-    files = _Checkpoints(options.out)
-    files.out.mkdir(parents=True, exist_ok=True)
-    if rank.main:
-        (files.out / "recipe.json").write_text(recipe.model_dump_json(indent=2) + "\n")
-    train.augment = augmenter_for(spec.augment)
-
-    model.to(device)
-    objective: Objective = objective_type(model, recipe, seed=options.seed + rank.rank)
-    params = [p for p in objective.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError(f"recipe {recipe.name!r} leaves nothing to train")
-    loader = _loader(train, spec, options, rank)
-    steps_per_epoch = max(1, len(loader) // spec.grad_accumulation)
-    total = options.max_steps or (options.epochs or spec.epochs) * steps_per_epoch
-    eval_every = options.eval_every or steps_per_epoch
-    optimizer, scheduler = make_optimizer(spec, params), None
-    scheduler = make_scheduler(optimizer, spec, total)
-    scaler = torch.amp.GradScaler(device.type, enabled=spec.amp == "fp16" and device.type == "cuda")
-    ema = None
-    if spec.ema_decay > 0:
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(spec.ema_decay), use_buffers=True)
-    trainer_module: nn.Module = objective
-    if rank.world > 1:
-        trainer_module = nn.parallel.DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        raise ValueError(
+            f"recipe {recipe.name!r} ({recipe.train.loss}) is not trained by gradients; see `trainer fewshot`"
         )
+    rank = Rank.from_env()
+    device = rank_device(options.device, rank)
+    seed_everything(options.seed + rank.rank)
+    run = _Run(recipe, val, options, rank, device, RunFolder(options.out).create(), log)
+    if rank.main:
+        run.files.write_recipe(recipe)
+    train.augment = augmenter_for(recipe.train.augment)
+    training = _set_up(objective_type, model, train, run)
+    state = _fresh_state()
+    if options.resume and run.files.last.exists():
+        state = training.restore(run.files.load_last(device))
+    _train(run, training, state)
+    return _finish(run, model, state)
 
-    state = {"step": 0, "epoch": 0, "best_metric": -math.inf, "best_step": 0, "history": []}
-    if options.resume and files.last.exists():
-        saved = torch.load(files.last, map_location=device, weights_only=False)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        if ema is not None and saved.get("ema") is not None:
-            ema.load_state_dict(saved["ema"])
-        state = saved["state"]
-        torch.set_rng_state(saved["rng"]["torch"])
-        np.random.set_state(saved["rng"]["numpy"])
 
-    progress = _progress_bar(total, state["step"], enabled=options.progress and rank.main)
+def _train(run: _Run, training: _Training, state: dict[str, Any]) -> None:
+    """Optimizer steps until the step budget (or the time budget) is spent; validate and save every
+    ``eval_every`` steps and at the end."""
+    spec, options, rank = run.recipe.train, run.options, run.rank
+    progress = _progress_bar(training.total, state["step"], enabled=options.progress and rank.main)
     started, running, micro = time.monotonic(), [], 0
-    batches = _batches(loader, state["epoch"])
-    optimizer.zero_grad(set_to_none=True)
-    while state["step"] < total:
+    batches = epoch_batches(training.loader, state["epoch"])
+    training.optimizer.zero_grad(set_to_none=True)
+    while state["step"] < training.total:
         epoch, batch = next(batches)
         micro += 1
         syncing = micro % spec.grad_accumulation == 0
-        sync_context = trainer_module.no_sync() if rank.world > 1 and not syncing else nullcontext()
-        model.train()
-        with sync_context, autocast(spec.amp, device):
-            loss, parts = trainer_module(_to(batch, device), state["step"] / total)
-        with sync_context:
-            scaler.scale(loss / spec.grad_accumulation).backward()
-        running.append({"loss": loss.item(), **parts})
+        running.append(_accumulate(run, training, batch, state["step"], syncing))
         if not syncing:
             continue
-        if spec.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, spec.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        if ema is not None:
-            ema.update_parameters(model)
+        _optimizer_step(training, spec.grad_clip)
         state["step"], state["epoch"] = state["step"] + 1, epoch
         progress.update(1)
         progress.set_postfix(loss=f"{running[-1]['loss']:.4f}")
         out_of_time = rank.agree(
             options.time_budget_s is not None and time.monotonic() - started > options.time_budget_s
         )
-        if state["step"] % eval_every == 0 or state["step"] == total or out_of_time:
+        if state["step"] % training.eval_every == 0 or state["step"] == training.total or out_of_time:
             if rank.main:
-                row = _evaluate(recipe, model if ema is None else ema.module, val, options, device, state, running)
-                row["lr"] = scheduler.get_last_lr()[0]
-                state["history"].append(row)
-                log(row)
-                if row["val_score"] > state["best_metric"]:
-                    state["best_metric"], state["best_step"] = row["val_score"], state["step"]
-                    files.save(files.best, (model if ema is None else ema.module).state_dict())
-                files.write_json(files.history, state["history"])
-                files.save(files.last, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None, "state": state,
-                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state()},
-                })  # fmt: skip
+                _validate(run, training, state, running)
+                _save_progress(run.files, training, state)
             running = []
             rank.barrier()
         if out_of_time:
             break
     progress.close()
-    return _finish(recipe, model, val, options, device, files, state, rank)
 
 
-def _evaluate(
-    recipe: Recipe,
-    model: nn.Module,
-    val: ManifestDataset,
-    options: FitOptions,
-    device: torch.device,
-    state: dict[str, Any],
-    running: list[dict[str, float]],
-) -> dict[str, float]:
-    predictions = predict_dataset(model, recipe, val, device=device, workers=options.workers)
-    report = evaluation_report(recipe, val, predictions)
+def _accumulate(run: _Run, training: _Training, batch: dict[str, Any], step: int, syncing: bool) -> dict[str, float]:
+    """Forward and backward one micro-batch; across ranks, gradients are summed on a step's last micro-batch only.
+    The figures of the batch's loss."""
+    spec = run.recipe.train
+    training.model.train()
+    with training.module.no_sync() if run.rank.world > 1 and not syncing else nullcontext():
+        with autocast(spec.amp, run.device):
+            loss, parts = training.module(to_device(batch, run.device), step / training.total)
+        training.scaler.scale(loss / spec.grad_accumulation).backward()
+    return {"loss": loss.item(), **parts}
+
+
+def _optimizer_step(training: _Training, grad_clip: float) -> None:
+    """Clip, step (through the AMP scaler), clear the gradients, advance the schedule and the EMA."""
+    if grad_clip > 0:
+        training.scaler.unscale_(training.optimizer)
+        torch.nn.utils.clip_grad_norm_(training.params, grad_clip)
+    training.scaler.step(training.optimizer)
+    training.scaler.update()
+    training.optimizer.zero_grad(set_to_none=True)
+    training.scheduler.step()
+    if training.ema is not None:
+        training.ema.update_parameters(training.model)
+
+
+def _validate(run: _Run, training: _Training, state: dict[str, Any], running: list[dict[str, float]]) -> None:
+    """Score the validation split into the history; keep the weights as ``best.pt`` if they are the best yet."""
+    row = _evaluate(run, training.evaluated, state, running)
+    row["lr"] = training.scheduler.get_last_lr()[0]
+    state["history"].append(row)
+    run.log(row)
+    if row["val_score"] > state["best_metric"]:
+        state["best_metric"], state["best_step"] = row["val_score"], state["step"]
+        run.files.save_best(training.evaluated.state_dict())
+
+
+def _save_progress(files: RunFolder, training: _Training, state: dict[str, Any]) -> None:
+    files.write_history(state["history"])
+    files.save_last(training.checkpoint(state))
+
+
+def _evaluate(run: _Run, model: nn.Module, state: dict[str, Any], running: list[dict[str, float]]) -> dict[str, float]:
+    """One history row: the step, the mean training figures since the last row, and the validation figures."""
+    recipe = run.recipe
+    predictions = predict_dataset(model, recipe, run.val, device=run.device, workers=run.options.workers)
+    report = evaluation_report(recipe, run.val, predictions)
     row: dict[str, float] = {"step": state["step"], "epoch": state["epoch"]}
     for key in running[0] if running else ():
         row[f"train_{key}"] = float(np.mean([r[key] for r in running if key in r]))
@@ -316,32 +299,24 @@ def _evaluate(
     return row
 
 
-def _finish(
-    recipe: Recipe,
-    model: nn.Module,
-    val: ManifestDataset,
-    options: FitOptions,
-    device: torch.device,
-    files: _Checkpoints,
-    state: dict[str, Any],
-    rank: _Rank,
-) -> FitResult:
+def _finish(run: _Run, model: nn.Module, state: dict[str, Any]) -> FitResult:
     """Load the best weights into ``model``, choose the operating threshold on validation, write the summary."""
-    rank.barrier()
-    model.load_state_dict(torch.load(files.best, map_location=device, weights_only=True))
+    recipe, options = run.recipe, run.options
+    run.rank.barrier()
+    model.load_state_dict(run.files.load_best(run.device))
     threshold = 0.5
-    if rank.main:
-        predictions = predict_dataset(model, recipe, val, device=device, workers=options.workers)
+    if run.rank.main:
+        predictions = predict_dataset(model, recipe, run.val, device=run.device, workers=options.workers)
         if len(np.unique(predictions.fake)) == 2:
             threshold = youden_threshold(predictions.fake, predictions.p_fake)
-        files.write_json(files.summary, {
+        run.files.write_summary({
             "recipe": recipe.name, "recipe_sha256": recipe.sha256, "best_step": state["best_step"],
             "select_by": recipe.train.select_by, "best_metric": state["best_metric"], "threshold": threshold,
             "threshold_rule": "youden on the validation split",
             "data": str(Path(options.data).resolve()) if options.data else None,
         })  # fmt: skip
     model.eval()
-    return FitResult(state["best_metric"], state["best_step"], threshold, state["history"], files.out)
+    return FitResult(state["best_metric"], state["best_step"], threshold, state["history"], run.files.path)
 
 
 class _NoBar:

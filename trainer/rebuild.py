@@ -11,7 +11,6 @@ inspection: ``trainer engines promote`` overrides).
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,14 +23,13 @@ from engines.backends import BackendOptions, LoadedEngine, load_engine
 from engines.errors import EngineError
 from engines.manifest import BatchRange, EngineManifest, sha256_file
 from engines.models import build_detector
-from engines.recipes import Recipe, load_recipe
 from engines.store import EngineStore
 from trainer.build import build_engine
 from trainer.calibrate import calibrate, expected_calibration_error
 from trainer.data import ManifestDataset, dataset_for
 from trainer.metrics import binary_metrics
+from trainer.runs import TrainedRun, newest_run, read_run
 
-CHECKPOINT, RECIPE_FILE, SUMMARY = "best.pt", "recipe.json", "summary.json"
 GATE_METRICS = ("roc_auc", "average_precision", "accuracy", "balanced_accuracy", "f1_macro")  # binary_metrics
 
 
@@ -54,14 +52,6 @@ class RebuildOptions:
 
 
 @dataclass(frozen=True)
-class TrainedRun:
-    folder: Path
-    recipe: Recipe
-    checkpoint: Path
-    data: Path | None
-
-
-@dataclass(frozen=True)
 class Gate:
     passed: bool
     reason: str
@@ -74,35 +64,6 @@ class RebuildResult:
     manifest: EngineManifest
     promoted: bool
     gate: Gate
-
-
-def read_run(folder: Path) -> TrainedRun:
-    """A run folder that finished training: ``summary.json`` is written last, after the best checkpoint."""
-    folder = Path(folder)
-    missing = [f for f in (CHECKPOINT, RECIPE_FILE, SUMMARY) if not (folder / f).is_file()]
-    if missing:
-        raise EngineError(f"{folder} is not a finished run: {', '.join(missing)} missing")
-    try:
-        data = json.loads((folder / SUMMARY).read_text()).get("data")
-        recipe = load_recipe(folder / RECIPE_FILE)
-    except (OSError, ValueError) as e:
-        raise EngineError(f"{folder} has an unreadable {SUMMARY} or {RECIPE_FILE}: {e}") from e
-    return TrainedRun(folder, recipe, folder / CHECKPOINT, Path(data) if data else None)
-
-
-def newest_run(runs: Path, recipe: str, log: Callable[[str], None] = print) -> TrainedRun:
-    """The finished run of ``recipe`` under ``runs`` whose best checkpoint was written last. Runs still
-    training (no summary yet) and unreadable ones are passed over."""
-    found = []
-    for checkpoint in Path(runs).glob(f"*/{CHECKPOINT}"):
-        try:
-            found.append(read_run(checkpoint.parent))
-        except EngineError as e:
-            log(f"passed over: {e}")
-    mine = [r for r in found if r.recipe.name == recipe]
-    if not mine:
-        raise EngineError(f"no finished run of recipe {recipe!r} under {runs} (folders with {CHECKPOINT}, {SUMMARY})")
-    return max(mine, key=lambda r: (r.checkpoint.stat().st_mtime_ns, str(r.folder)))
 
 
 def engine_logits(engine: LoadedEngine, dataset: ManifestDataset) -> np.ndarray:

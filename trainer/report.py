@@ -16,6 +16,7 @@ from trainer.data import dataset_for
 from trainer.evaluate import evaluation_report, predict_dataset
 from trainer.metrics import CostModel
 from trainer.plots import detection_plots, training_curves
+from trainer.runs import RunFolder
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,10 @@ class EvaluateOptions:
 def _load(options: EvaluateOptions) -> tuple[Recipe, Path, float | None]:
     """Recipe, checkpoint and the run's own threshold (from its summary) for a run folder or recipe+checkpoint."""
     if options.run is not None:
-        recipe = load_recipe(options.run / "recipe.json")
-        summary = options.run / "summary.json"
-        threshold = json.loads(summary.read_text()).get("threshold") if summary.exists() else None
-        return recipe, options.run / "best.pt", threshold
+        run = RunFolder(options.run)
+        recipe = run.read_recipe()
+        threshold = run.read_summary().get("threshold") if run.is_finished() else None
+        return recipe, run.best, threshold
     if options.recipe is None or options.checkpoint is None:
         raise DeepsiftError("evaluate needs --run, or --recipe with --checkpoint")
     return load_recipe(options.recipe), options.checkpoint, None
@@ -66,9 +67,9 @@ def evaluate_run(options: EvaluateOptions) -> dict[str, object]:
     names = recipe.task.class_names if "classes" in report else ("real", "fake")
     targets = predictions.targets if "classes" in report else predictions.fake
     plots = detection_plots(options.out, predictions.fake, predictions.p_fake, confusion, names, np.asarray(targets))
-    history = options.run / "history.json" if options.run is not None else None
-    if history is not None and history.exists():
-        curve = training_curves(options.out, json.loads(history.read_text()))
+    run = RunFolder(options.run) if options.run is not None else None
+    if run is not None and run.history_file.exists():
+        curve = training_curves(options.out, run.read_history())
         plots += [curve] if curve else []
     report["plots"] = [p.name for p in plots]
     (options.out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")

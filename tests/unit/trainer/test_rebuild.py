@@ -1,9 +1,9 @@
-"""``trainer rebuild-engine``: newest run → calibrated, parity-checked engine → promoted unless a gate refuses."""
+"""``trainer rebuild-engine``: newest run → calibrated, parity-checked engine → promoted unless a gate refuses.
+(Choosing the newest finished run: test_runs.py.)"""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from engines.backends import load_engine
-from engines.errors import EngineError
 from engines.manifest import EngineManifest
 from engines.models import build_detector
 from engines.recipes import load_recipe
@@ -20,7 +19,7 @@ from engines.store import EngineStore
 from trainer.cli import main
 from trainer.data import dataset_for
 from trainer.loop import FitOptions, fit
-from trainer.rebuild import engine_p_fake, fake_labels, newest_run
+from trainer.rebuild import engine_p_fake, fake_labels
 
 RECIPE = "demo-tiny"
 
@@ -100,27 +99,6 @@ def test_isotonic_calibration_is_stored_as_monotone_knots(trained: Path, tmp_pat
     calibration = load_engine(store.resolve("det", 1)).manifest.calibration
     assert calibration.method == "isotonic" and len(calibration.logits) >= 2
     assert np.all(np.diff(calibration.probabilities) >= 0)
-
-
-def test_the_newest_finished_run_of_the_recipe_is_chosen(tmp_path: Path):
-    # Given run folders: two finished runs of the demo recipe, one of another recipe (newest of all), one still
-    # training (no summary yet, newer still) and one with an unreadable recipe
-    runs = [("old", RECIPE, 300, True), ("new", RECIPE, 100, True), ("other", "tiny-fusion", 50, True),
-            ("training", RECIPE, 0, False), ("broken", RECIPE, 0, True)]  # fmt: skip
-    for name, recipe, age, finished in runs:
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "recipe.json").write_text("{" if name == "broken" else load_recipe(recipe).model_dump_json())
-        (folder / "best.pt").write_bytes(b"weights")
-        if finished:
-            (folder / "summary.json").write_text("{}")
-        os.utime(folder / "best.pt", (1_700_000_000 - age, 1_700_000_000 - age))
-    # When the newest run of the demo recipe is looked up; Then it is "new", and the others were passed over
-    passed_over: list[str] = []
-    assert newest_run(tmp_path, RECIPE, passed_over.append).folder.name == "new"
-    assert sorted(line.split("/")[-1].split(" ")[0] for line in passed_over) == ["broken", "training"]
-    with pytest.raises(EngineError, match="no finished run"):
-        newest_run(tmp_path, "tiny-multitask", passed_over.append)
 
 
 def test_a_run_without_a_recorded_dataset_needs_data(trained: Path, tmp_path: Path, capsys):

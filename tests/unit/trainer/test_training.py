@@ -116,6 +116,19 @@ def test_the_few_shot_engine_meets_its_precision_constraint(forgery: Path, binar
     assert report["image"]["roc_auc"] >= 0.75
 
 
+def test_the_few_shot_command_writes_a_finished_run(forgery: Path, tmp_path: Path) -> None:
+    from trainer.cli import main
+    from trainer.runs import read_run
+
+    # When prototypes are fitted through the CLI
+    assert main(["fewshot", "--recipe", "tiny-fewshot", "--data", str(forgery), "--out", str(tmp_path)]) == 0
+
+    # Then the folder is a finished run of the recipe, whose weights load into its detector
+    run = read_run(tmp_path)
+    assert run.recipe.name == "tiny-fewshot" and json.loads((tmp_path / "summary.json").read_text())["threshold"] > 0
+    build_detector(run.recipe).load_state_dict(torch.load(run.checkpoint, weights_only=True))
+
+
 def test_evaluate_writes_the_report_and_plots(forgery: Path, binary: Run, tmp_path: Path) -> None:
     from trainer.cli import main
 
@@ -162,14 +175,31 @@ def test_a_run_resumes_where_it_stopped(forgery: Path, tmp_path: Path) -> None:
     assert [row["step"] for row in result.history] == [2, 4, 6, 8]
 
 
-def test_fit_runs_through_torchrun_with_two_processes(forgery: Path, tmp_path: Path) -> None:
-    # Given two CPU processes started by torchrun (gloo), when the CLI trains 3 steps
+def torchrun_fit(recipe: str, data: Path, out: Path, steps: int) -> subprocess.CompletedProcess:
+    """``trainer fit`` in two CPU processes started by torchrun (gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-               "trainer.cli", "fit", "--recipe", "demo-tiny", "--data", str(forgery), "--out", str(tmp_path),
-               "--max-steps", "3", "--workers", "0", "--no-progress"]  # fmt: skip
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+               "trainer.cli", "fit", "--recipe", recipe, "--data", str(data), "--out", str(out),
+               "--max-steps", str(steps), "--workers", "0", "--no-progress"]  # fmt: skip
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_fit_runs_through_torchrun_with_two_processes(forgery: Path, tmp_path: Path) -> None:
+    # Given two CPU processes started by torchrun (gloo), when the CLI trains 3 steps
+    done = torchrun_fit("demo-tiny", forgery, tmp_path, steps=3)
 
     # Then it finishes and the main rank wrote the run
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "best.pt").exists() and json.loads((tmp_path / "history.json").read_text())[-1]["step"] == 3
+
+
+def test_two_processes_accumulate_gradients_over_micro_batches(forgery: Path, tmp_path: Path) -> None:
+    # Given a recipe that accumulates two micro-batches per step (the first under DDP's no_sync)
+    recipe = load_recipe("demo-tiny")
+    recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"grad_accumulation": 2})})
+    (tmp_path / "accumulating.json").write_text(recipe.model_dump_json())
+
+    # When torchrun's two processes train 2 steps; Then it finishes with both steps in the history
+    done = torchrun_fit(str(tmp_path / "accumulating.json"), forgery, tmp_path / "run", steps=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "history.json").read_text())[-1]["step"] == 2
