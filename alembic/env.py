@@ -11,8 +11,8 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from daemon.db import make_engine
-from daemon.models import Base
+from deepsift.daemon.db import make_database
+from deepsift.daemon.models import Base
 
 DATABASE_URL_ENV = "DEEPSIFT_DATABASE_URL"
 
@@ -40,7 +40,7 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     """Migrate through the daemon's own engine, so SQLite gets the same pragmas it runs with."""
-    engine = make_engine(database_url())
+    engine = make_database(database_url())
     try:
         with engine.connect() as connection:
             context.configure(connection=connection, target_metadata=Base.metadata)

@@ -44,10 +44,10 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engines.manifest import BatchRange  # noqa: E402
-from engines.models import build_detector  # noqa: E402
-from engines.recipes import Recipe, load_recipe  # noqa: E402
-from trainer.export import INPUT_NAME, OUTPUT_NAME, export_onnx, output_spec, trace  # noqa: E402
+from deepsift.engines.manifest import BatchRange  # noqa: E402
+from deepsift.engines.models import build_detector  # noqa: E402
+from deepsift.engines.recipes import Recipe, load_recipe  # noqa: E402
+from deepsift.trainer.export import INPUT_NAME, OUTPUT_NAME, export_onnx, output_spec, trace  # noqa: E402
 
 MODELS = {"b16": "siglip2-binary-b16-224", "l16": "siglip2-binary-l16-384"}
 CPU_BATCHES = {"b16": (1, 8, 32), "l16": (1, 8)}  # what 2 CPU cores get through in ~10 minutes
@@ -181,10 +181,10 @@ def torch_cuda_fp16(model: nn.Module, size: int) -> Prepare:
 
 def tensorrt_fp16(recipe: Recipe, onnx_path: Path, batch: BatchRange, workdir: Path) -> Prepare:
     """Build an fp16 plan over ``batch`` and run it through the tensorrt backend (input already on the GPU)."""
-    from engines.backends import BackendOptions
-    from engines.backends.tensorrt import TensorRtBackend
-    from engines.manifest import BackendSpec, EngineManifest, sha256_file
-    from trainer.tensorrt_build import build_plan
+    from deepsift.engines.backends import BackendOptions
+    from deepsift.engines.backends.tensorrt import TensorRtBackend
+    from deepsift.engines.manifest import BackendSpec, EngineManifest, sha256_file
+    from deepsift.trainer.tensorrt_build import build_plan
 
     plan = workdir / f"{recipe.name}.plan"
     info = build_plan(onnx_path, plan, batch, recipe.input.size, "fp16", workdir / "timing.cache")

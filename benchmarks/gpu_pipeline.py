@@ -36,18 +36,18 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import scan as scan_bench  # noqa: E402  (benchmarks/scan.py: recipe, engines, clip scene)
 
-from daemon.db import make_engine, upgrade_database  # noqa: E402
-from daemon.logs import configure_logging  # noqa: E402
-from daemon.pipeline import JudgeConfig  # noqa: E402
-from daemon.repository import VerdictRepository  # noqa: E402
-from daemon.scan import run_scan  # noqa: E402
-from engines import dali  # noqa: E402
-from engines.aggregate import AggregationRule  # noqa: E402
-from engines.backends import BackendOptions, LoadedEngine, load_engine  # noqa: E402
-from engines.faces import MtcnnFaceDetector  # noqa: E402
-from engines.media import decode_sampled, write_video  # noqa: E402
-from engines.store import EngineStore  # noqa: E402
-from trainer.demo import scene_factory  # noqa: E402
+from deepsift.daemon.db import make_database, upgrade_database  # noqa: E402
+from deepsift.daemon.logs import configure_logging  # noqa: E402
+from deepsift.daemon.pipeline import JudgeConfig  # noqa: E402
+from deepsift.daemon.repository import VerdictRepository  # noqa: E402
+from deepsift.daemon.scan import run_scan  # noqa: E402
+from deepsift.engines import dali  # noqa: E402
+from deepsift.engines.aggregate import AggregationRule  # noqa: E402
+from deepsift.engines.backends import BackendOptions, LoadedEngine, load_engine  # noqa: E402
+from deepsift.engines.faces import MtcnnFaceDetector  # noqa: E402
+from deepsift.engines.media import decode_sampled, write_video  # noqa: E402
+from deepsift.engines.store import EngineStore  # noqa: E402
+from deepsift.trainer.demo import scene_factory  # noqa: E402
 
 WIDTH, HEIGHT = 1920, 1080
 FRAMES = scan_bench.FRAMES_PER_VIDEO  # 32
@@ -78,9 +78,9 @@ def gpu_backend() -> str:
 
 def build_gpu_engines(store: EngineStore, backend: str) -> None:
     """scan.py's two engines (full frame, face), built for ``backend`` in fp16."""
-    from engines.models import build_detector
-    from engines.recipes import load_recipe
-    from trainer.build import build_engine
+    from deepsift.engines.models import build_detector
+    from deepsift.engines.recipes import load_recipe
+    from deepsift.trainer.build import build_engine
 
     base = load_recipe(scan_bench.RECIPE)
     for mode in ("full", "face"):
@@ -124,7 +124,7 @@ def end_to_end(engine: LoadedEngine, clips: list[Path], decoder: str, device: st
     detector = MtcnnFaceDetector(device=device) if manifest.input.crop_mode == "face" else None
     url = f"sqlite:///{workdir / f'{manifest.name}-{decoder}.db'}"
     upgrade_database(url)
-    repository = VerdictRepository(make_engine(url))
+    repository = VerdictRepository(make_database(url))
     config = JudgeConfig(FRAMES, AggregationRule.parse("mean"), 0.1, decoder, 2 << 30)
     list(run_scan(clips[:1], engine, repository, config, detector, prefetch=2))  # warm-up: worker, MTCNN, engine
     before = engine_only_rate(engine, device, len(clips))

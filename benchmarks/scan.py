@@ -27,22 +27,22 @@ from sqlalchemy import text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.db import make_engine, upgrade_database  # noqa: E402
-from daemon.logs import configure_logging  # noqa: E402
-from daemon.pipeline import JudgeConfig  # noqa: E402
-from daemon.repository import VerdictRepository  # noqa: E402
-from daemon.scan import run_scan  # noqa: E402
-from daemon.settings import Settings  # noqa: E402
-from engines.aggregate import AggregationRule  # noqa: E402
-from engines.backends import load_engine  # noqa: E402
-from engines.faces import MtcnnFaceDetector  # noqa: E402
-from engines.media import write_video  # noqa: E402
-from engines.models import build_detector  # noqa: E402
-from engines.recipes import load_recipe  # noqa: E402
-from engines.store import EngineStore  # noqa: E402
+from deepsift.daemon.db import make_database, upgrade_database  # noqa: E402
+from deepsift.daemon.logs import configure_logging  # noqa: E402
+from deepsift.daemon.pipeline import JudgeConfig  # noqa: E402
+from deepsift.daemon.repository import VerdictRepository  # noqa: E402
+from deepsift.daemon.scan import run_scan  # noqa: E402
+from deepsift.daemon.settings import Settings  # noqa: E402
+from deepsift.engines.aggregate import AggregationRule  # noqa: E402
+from deepsift.engines.backends import load_engine  # noqa: E402
+from deepsift.engines.faces import MtcnnFaceDetector  # noqa: E402
+from deepsift.engines.media import write_video  # noqa: E402
+from deepsift.engines.models import build_detector  # noqa: E402
+from deepsift.engines.recipes import load_recipe  # noqa: E402
+from deepsift.engines.store import EngineStore  # noqa: E402
+from deepsift.trainer.build import build_onnx_engine  # noqa: E402
+from deepsift.trainer.demo import scene_factory  # noqa: E402
 from tests.hostile_media import Budgets, MemoryCeiling, measure, runtime_and_engine_mib, write_clip, write_photo  # noqa: E402
-from trainer.build import build_onnx_engine  # noqa: E402
-from trainer.demo import scene_factory  # noqa: E402
 
 RECIPE = "siglip2-binary-b16-224"
 FPS = 25.0
@@ -78,7 +78,7 @@ def scan_throughput(store: EngineStore, name: str, clips: list[Path], workdir: P
     detector = MtcnnFaceDetector() if manifest.input.crop_mode == "face" else None
     url = f"sqlite:///{workdir / f'{name}.db'}"
     upgrade_database(url)
-    repository = VerdictRepository(make_engine(url))
+    repository = VerdictRepository(make_database(url))
     config = JudgeConfig(FRAMES_PER_VIDEO, AggregationRule.parse("mean"), 0.1, "pyav", 2 << 30)
     batch = np.random.default_rng(0).standard_normal((FRAMES_PER_VIDEO, 3, 224, 224)).astype(np.float32)
     engine.logits(batch)  # warm-up
@@ -117,7 +117,7 @@ def scan_alone(store: EngineStore, name: str, media: Path, workdir: Path) -> tup
     result = measure([str(daemon), "--engine", name, "scan", str(media)], env, guard_mib=16 << 10, timeout=3600)
     if result.returncode != 0 or result.killed:
         raise RuntimeError(f"scan of {media.name}: {result}")
-    engine = make_engine(url)
+    engine = make_database(url)
     with engine.connect() as c:
         status, code, frames = c.execute(text("SELECT status, code, frames_sampled FROM verdicts")).one()
     engine.dispose()

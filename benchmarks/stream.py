@@ -40,9 +40,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon.db import upgrade_database  # noqa: E402
-from daemon.stream.jobs import encode_job, new_job  # noqa: E402
-from engines.store import EngineStore  # noqa: E402
+from deepsift.daemon.db import upgrade_database  # noqa: E402
+from deepsift.daemon.stream.jobs import encode_job, new_job  # noqa: E402
+from deepsift.engines.store import EngineStore  # noqa: E402
 
 DAEMON = Path(sys.executable).parent / "daemon"
 PARTITIONS = 4
@@ -64,7 +64,7 @@ def demo_engine(data: Path) -> EngineStore:
     """The demo engine (face mode), trained once into ``data/engines`` with the default demo budget."""
     store = EngineStore(data / "engines")
     if store.current_version("demo") is None:
-        from trainer.demo import train_demo_engine
+        from deepsift.trainer.demo import train_demo_engine
 
         print("training the demo engine (once; about two minutes)…", flush=True)
         train_demo_engine(store, "demo", log=lambda line: None)
@@ -75,7 +75,7 @@ def demo_media(data: Path) -> tuple[list[Path], list[Path]]:
     """Demo photos and 2-second clips (real and fake faces), written once."""
     folder = data / "media"
     if not (folder / "ground_truth.csv").exists():
-        from trainer.demo import write_demo_media
+        from deepsift.trainer.demo import write_demo_media
 
         write_demo_media(folder, n_videos=2, n_images=3, seconds=2.0)
     return sorted(folder.glob("*_photo_*.jpg")), sorted(folder.glob("*_clip_*.mp4"))

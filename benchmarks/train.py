@@ -21,10 +21,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from engines.models import build_detector  # noqa: E402
-from engines.recipes import Recipe, load_recipe  # noqa: E402
-from trainer.evaluate import autocast  # noqa: E402
-from trainer.objectives import OBJECTIVES  # noqa: E402
+from deepsift.engines.models import build_detector  # noqa: E402
+from deepsift.engines.recipes import Recipe, load_recipe  # noqa: E402
+from deepsift.trainer.evaluate import autocast  # noqa: E402
+from deepsift.trainer.objectives import OBJECTIVES  # noqa: E402
 
 TINY = ("demo-tiny", "tiny-multitask", "tiny-fusion", "tiny-sd2", "tiny-fewshot")
 

@@ -21,9 +21,9 @@ from sqlalchemy import Engine, and_, delete, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 
-from daemon.db import translate_outages
-from daemon.models import JobAttempt
-from daemon.repository import VerdictRepository
+from deepsift.daemon.db import translate_outages
+from deepsift.daemon.models import JobAttempt
+from deepsift.daemon.repository import VerdictRepository
 
 log = structlog.get_logger(__name__)
 

@@ -13,9 +13,9 @@ from typing import TextIO
 
 import structlog
 
-from daemon.logs import configure_logging
-from daemon.settings import Settings
-from engines.errors import DeepsiftError
+from deepsift.daemon.logs import configure_logging
+from deepsift.daemon.settings import Settings
+from deepsift.engines.errors import DeepsiftError
 
 SCAN_EXIT_CODES = """\
 paths that cannot be read as files get error verdicts with one of these codes, and the scan goes on:
@@ -49,7 +49,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_db_upgrade(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    from daemon.db import current_revision, upgrade_database
+    from deepsift.daemon.db import current_revision, upgrade_database
 
     upgrade_database(settings.database_url, args.revision)
     print(f"database at revision {current_revision(settings.database_url)}", file=out)
@@ -57,15 +57,15 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace, out: TextIO) ->
 
 
 def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    from daemon.db import make_engine, require_current_schema
-    from daemon.engine_watch import EngineWatcher, FaceDetectors
-    from daemon.repository import VerdictRepository
-    from daemon.runtime import engine_loader, judge_config, start_decoder
-    from daemon.scan import ScanFailed, ScanResult, exit_code, run_scan
-    from daemon.table import VerdictTable
-    from engines.store import EngineStore
+    from deepsift.daemon.db import make_database, require_current_schema
+    from deepsift.daemon.engine_watch import EngineWatcher, FaceDetectors
+    from deepsift.daemon.repository import VerdictRepository
+    from deepsift.daemon.runtime import engine_loader, judge_config, start_decoder
+    from deepsift.daemon.scan import ScanFailed, ScanResult, exit_code, run_scan
+    from deepsift.daemon.table import VerdictTable
+    from deepsift.engines.store import EngineStore
 
-    db = make_engine(settings.database_url)
+    db = make_database(settings.database_url)
     require_current_schema(db)
     repository = VerdictRepository(db)
     config = judge_config(settings, start_decoder(settings))
@@ -105,14 +105,14 @@ def _quiet_libraries(level: str) -> None:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    from daemon.stream.service import run_stream
+    from deepsift.daemon.stream.service import run_stream
 
     _quiet_libraries(settings.log_level)
     return run_stream(settings)
 
 
 def cmd_submit(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    from daemon.stream.submit import SubmitOptions, jobs_for, submit
+    from deepsift.daemon.stream.submit import SubmitOptions, jobs_for, submit
 
     _quiet_libraries(settings.log_level)
     try:
@@ -179,10 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report_unknown_variables() -> None:
+    """A misspelt ``DEEPSIFT_*`` variable is ignored by the settings; say so at start-up, with the likely name."""
+    from deepsift.daemon.settings import unknown_variables
+
+    for name, closest in unknown_variables():
+        structlog.get_logger("daemon").warning("unknown_setting_variable", variable=name, did_you_mean=closest)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = build_parser().parse_args(argv)
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
+    _report_unknown_variables()
     try:
         return args.handler(settings, args, out)
     except DeepsiftError as e:

@@ -24,12 +24,21 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from engines.errors import DeepsiftError, RetryableError
+from deepsift.engines.errors import DeepsiftError, RetryableError
 
 if TYPE_CHECKING:
-    from daemon.settings import Settings
+    from deepsift.daemon.settings import Settings
 
-ALEMBIC_DIR = Path(__file__).resolve().parents[1] / "alembic"
+
+def _migrations_dir() -> Path:
+    """The migrations: ``deepsift/migrations`` in an installed wheel, ``alembic/`` beside ``daemon/`` in a source
+    tree (an editable install maps one to the other)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "migrations"
+    return installed if (installed / "env.py").is_file() else package / "alembic"
+
+
+ALEMBIC_DIR = _migrations_dir()
 
 # SQLSTATE classes that mean "the server or the moment", not "the statement": connection exception,
 # transaction rollback (serialization failure, deadlock), insufficient resources, operator intervention.
@@ -83,7 +92,7 @@ class DbTimeouts:
         return args
 
 
-def make_engine(url: str, timeouts: DbTimeouts = DbTimeouts()) -> Engine:
+def make_database(url: str, timeouts: DbTimeouts = DbTimeouts()) -> Engine:
     """Create an engine for ``url``; SQLite gets its directory, foreign keys and WAL, PostgreSQL pre-ping and
     ``timeouts`` (the default has no statement limit, so migrations may run long)."""
     parsed = make_url(url)
@@ -126,7 +135,7 @@ def downgrade_database(url: str, revision: str) -> None:
 
 def current_revision(url: str) -> str | None:
     """The Alembic revision the database is at, or None when it was never migrated."""
-    engine = make_engine(url)
+    engine = make_database(url)
     try:
         with translate_outages(), engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()

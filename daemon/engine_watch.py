@@ -20,11 +20,11 @@ from typing import Protocol
 import numpy as np
 import structlog
 
-from engines.backends import LoadedEngine
-from engines.errors import EngineError, RetryableError
-from engines.faces import MtcnnFaceDetector
-from engines.manifest import EngineManifest
-from engines.store import EngineStore
+from deepsift.engines.backends import LoadedEngine
+from deepsift.engines.errors import EngineError, RetryableError
+from deepsift.engines.faces import MtcnnFaceDetector
+from deepsift.engines.manifest import EngineManifest
+from deepsift.engines.store import EngineStore
 
 log = structlog.get_logger(__name__)
 

@@ -17,7 +17,7 @@ NOTIFY_SOCKET_ENV = "NOTIFY_SOCKET"
 WATCHDOG_USEC_ENV = "WATCHDOG_USEC"
 WATCHDOG_PID_ENV = "WATCHDOG_PID"
 
-_log = structlog.get_logger("daemon.notify")
+_log = structlog.get_logger("deepsift.daemon.notify")
 _send_failure_logged = False
 
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from daemon.records import MaskRecord
-from engines.backends import EngineOutputs
-from engines.manifest import EngineManifest
+from deepsift.daemon.records import MaskRecord
+from deepsift.engines.backends import EngineOutputs
+from deepsift.engines.manifest import EngineManifest
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,16 @@ from typing import Any
 import numpy as np
 import structlog
 
-from daemon.outputs import RegionScores, mask_records, media_class_probs, media_label, region_scores
-from daemon.records import EngineIdentity, FrameScoreRecord, TrackSummaryRecord, VerdictRecord
-from engines.aggregate import AggregationRule, ScoredItem, aggregate
-from engines.backends import EngineOutputs, LoadedEngine
-from engines.budgets import MediaBudget
-from engines.errors import MediaError, PermanentError
-from engines.faces import DETECT_MAX_SIDE, FaceBox, FaceDetector, crop_faces, min_face_size, scale_box
-from engines.manifest import EngineManifest, sha256_file
-from engines.media import DECODERS, DecodedMedia, MediaFacts
-from engines.preprocess import preprocess_batch
+from deepsift.daemon.outputs import RegionScores, mask_records, media_class_probs, media_label, region_scores
+from deepsift.daemon.records import EngineIdentity, FrameScoreRecord, TrackSummaryRecord, VerdictRecord
+from deepsift.engines.aggregate import AggregationRule, ScoredItem, aggregate
+from deepsift.engines.backends import EngineOutputs, LoadedEngine
+from deepsift.engines.budgets import MediaBudget
+from deepsift.engines.errors import MediaError, PermanentError
+from deepsift.engines.faces import DETECT_MAX_SIDE, FaceBox, FaceDetector, crop_faces, min_face_size, scale_box
+from deepsift.engines.manifest import EngineManifest, sha256_file
+from deepsift.engines.media import DECODERS, DecodedMedia, MediaFacts
+from deepsift.engines.preprocess import preprocess_batch
 
 log = structlog.get_logger(__name__)
 

@@ -24,16 +24,16 @@ from sqlalchemy import Engine, column, func, select, table
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from daemon.db import session_factory, translate_outages
-from daemon.models import EngineRow, Verdict, VerdictFrame, VerdictMask, VerdictTrack
-from daemon.records import (
+from deepsift.daemon.db import session_factory, translate_outages
+from deepsift.daemon.models import EngineRow, Verdict, VerdictFrame, VerdictMask, VerdictTrack
+from deepsift.daemon.records import (
     EngineIdentity,
     FrameScoreRecord,
     MaskRecord,
     TrackSummaryRecord,
     VerdictRecord,
 )
-from engines.manifest import EngineManifest
+from deepsift.engines.manifest import EngineManifest
 
 # The view the migration creates; only its key columns are needed to pick rows from ``verdicts``.
 _latest_verdicts = table("latest_verdicts", column("id"), column("job_id"))

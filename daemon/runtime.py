@@ -9,11 +9,11 @@ from pathlib import Path
 
 import structlog
 
-from daemon.pipeline import JudgeConfig
-from daemon.settings import Settings
-from engines.backends import BackendOptions, LoadedEngine, load_engine
-from engines.budgets import MediaBudget
-from engines.errors import DeepsiftError
+from deepsift.daemon.pipeline import JudgeConfig
+from deepsift.daemon.settings import Settings
+from deepsift.engines.backends import BackendOptions, LoadedEngine, load_engine
+from deepsift.engines.budgets import MediaBudget
+from deepsift.engines.errors import DeepsiftError
 
 log = structlog.get_logger(__name__)
 
@@ -21,7 +21,7 @@ log = structlog.get_logger(__name__)
 def start_decoder(settings: Settings) -> str:
     """The decoder to use (``auto`` resolved); starts the DALI worker when that is DALI. A worker that cannot
     start fails start-up when ``dali`` was asked for explicitly; under ``auto`` the daemon decodes with PyAV."""
-    from engines.dali import DaliSettings, DecoderFailure, choose_decoder, configure_dali, dali_missing
+    from deepsift.engines.dali import DaliSettings, DecoderFailure, choose_decoder, configure_dali, dali_missing
 
     chosen = choose_decoder(settings.decoder, settings.device)
     if chosen == "dali":

@@ -30,15 +30,15 @@ from pathlib import Path
 
 import structlog
 
-from daemon.engine_watch import EngineSource, FaceDetectors, FixedEngine
-from daemon.paths import PATH_CODES, PathProblem, not_regular, path_problem
-from daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, infer, prepare, verdict
-from daemon.records import VerdictRecord
-from daemon.repository import VerdictRepository
-from engines.backends import EngineOutputs, LoadedEngine
-from engines.errors import DeepsiftError, RetryableError
-from engines.faces import MtcnnFaceDetector
-from engines.manifest import EngineManifest
+from deepsift.daemon.engine_watch import EngineSource, FaceDetectors, FixedEngine
+from deepsift.daemon.paths import PATH_CODES, PathProblem, not_regular, path_problem
+from deepsift.daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, infer, prepare, verdict
+from deepsift.daemon.records import VerdictRecord
+from deepsift.daemon.repository import VerdictRepository
+from deepsift.engines.backends import EngineOutputs, LoadedEngine
+from deepsift.engines.errors import DeepsiftError, RetryableError
+from deepsift.engines.faces import MtcnnFaceDetector
+from deepsift.engines.manifest import EngineManifest
 
 log = structlog.get_logger(__name__)
 

@@ -7,9 +7,11 @@ the engine store under ``./var``. Preprocessing is *not* configured here — it 
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,9 +24,13 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from engines.aggregate import AggregationRule
+from deepsift.engines.aggregate import AggregationRule
 
 CONFIG_FILE_ENV = "DEEPSIFT_CONFIG_FILE"
+ENV_PREFIX = "DEEPSIFT_"
+# Read by other parts than the settings: the TOML file's path, the systemd rebuild unit's arguments; DEEPSIFT_TEST_*
+# are the test suite's.
+OTHER_VARIABLES = frozenset({CONFIG_FILE_ENV, "DEEPSIFT_REBUILD_ARGS"})
 
 
 class Settings(BaseSettings):
@@ -184,3 +190,24 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file} does not exist")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return (*sources, file_secret_settings)
+
+
+def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[tuple[str, str | None]]:
+    """``DEEPSIFT_*`` variables that name no setting, each with the closest setting's variable (a likely typo):
+    pydantic-settings ignores them, so a misspelt variable would otherwise change nothing, silently."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | OTHER_VARIABLES
+    unknown = sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and name.upper() not in known
+        and not name.upper().startswith("DEEPSIFT_TEST_")
+    )
+    return [(name, _closest(name.upper(), known)) for name in unknown]
+
+
+def _closest(variable: str, known: set[str]) -> str | None:
+    """Compared without the shared prefix, which would make every name look alike."""
+    suffixes = {name[len(ENV_PREFIX) :]: name for name in known}
+    found = difflib.get_close_matches(variable[len(ENV_PREFIX) :], suffixes, n=1, cutoff=0.75)
+    return suffixes[found[0]] if found else None

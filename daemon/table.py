@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TextIO
 
-from daemon.scan import ScanResult
-from engines.manifest import EngineManifest
+from deepsift.daemon.scan import ScanResult
+from deepsift.engines.manifest import EngineManifest
 
 _COLUMNS = (("file", 28), ("type", 5), ("status", 9), ("label", 5), ("p_fake", 6), ("frames", 6), ("code", 15))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.registry import Registry
+from deepsift.engines.registry import Registry
 
 Rule = Callable[[np.ndarray, float | None], float]
 RULES: Registry[Rule] = Registry("aggregation rule")

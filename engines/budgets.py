@@ -40,10 +40,10 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from engines.errors import MediaError
+from deepsift.engines.errors import MediaError
 
 if TYPE_CHECKING:
-    from engines.media import MediaFacts
+    from deepsift.engines.media import MediaFacts
 
 RGB_BYTES = 3  # per pixel of a kept (RGB uint8) frame
 YUV420_BYTES = 1.5  # per pixel of a decoder buffer

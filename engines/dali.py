@@ -55,9 +55,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engines.budgets import MediaBudget
-from engines.errors import DeepsiftError, MediaError
-from engines.media import (
+from deepsift.engines.budgets import MediaBudget
+from deepsift.engines.errors import DeepsiftError, MediaError
+from deepsift.engines.media import (
     DECODERS,
     DEFAULT_BUDGET,
     DecodedMedia,

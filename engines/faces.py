@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from engines.budgets import MAX_DETECT_BATCH_PIXELS, MediaBudget, detection_size
+from deepsift.engines.budgets import MAX_DETECT_BATCH_PIXELS, MediaBudget, detection_size
 
 if TYPE_CHECKING:
     import torch
 
-    from engines.media import SampledFrame
+    from deepsift.engines.media import SampledFrame
 
     RGBImage = np.ndarray | torch.Tensor  # H×W×3 uint8 RGB, in host memory or on a device
 

@@ -19,8 +19,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engines.preprocess import InputContract
-from engines.recipes import TaskSpec
+from deepsift.engines.preprocess import InputContract
+from deepsift.engines.recipes import TaskSpec
 
 MANIFEST_FILE = "manifest.json"
 

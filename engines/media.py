@@ -49,9 +49,9 @@ import av.error
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from engines.budgets import MediaBudget, decoder_threads
-from engines.errors import MediaError
-from engines.registry import Registry
+from deepsift.engines.budgets import MediaBudget, decoder_threads
+from deepsift.engines.errors import MediaError
+from deepsift.engines.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -710,4 +710,4 @@ def _check_frame(rgb: np.ndarray, size: tuple[int, int] | None) -> tuple[int, in
 
 
 # The "dali" and "auto" decoders register themselves; nothing GPU-related is imported until one is used.
-from engines import dali  # noqa: E402, F401
+from deepsift.engines import dali  # noqa: E402, F401

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
-from engines.errors import EngineError
-from engines.manifest import EngineManifest
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import EngineManifest
 
 _VERSION_DIR = re.compile(r"^v(\d{4,})$")
 CURRENT = "current"

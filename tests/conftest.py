@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from engines.manifest import BackendSpec, EngineManifest
-from engines.preprocess import InputContract
-from engines.recipes import TaskSpec
-from engines.store import EngineStore
+from deepsift.engines.manifest import BackendSpec, EngineManifest
+from deepsift.engines.preprocess import InputContract
+from deepsift.engines.recipes import TaskSpec
+from deepsift.engines.store import EngineStore
 
 # Small enough for CI (about 30 s on two cores), large enough that the engine separates the demo media.
 QUICK_BUDGET = {"train_samples": 1200, "val_samples": 300, "steps": 300, "time_budget_s": 90.0}
@@ -20,7 +20,7 @@ QUICK_BUDGET = {"train_samples": 1200, "val_samples": 300, "steps": 300, "time_b
 @pytest.fixture(scope="session")
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> EngineStore:
     """An engine store holding a demo engine named ``demo`` (face mode), trained with a quick budget."""
-    from trainer.demo import DemoBudget, train_demo_engine
+    from deepsift.trainer.demo import DemoBudget, train_demo_engine
 
     store = EngineStore(tmp_path_factory.mktemp("engines"))
     train_demo_engine(store, "demo", DemoBudget(**QUICK_BUDGET), seed=0, log=lambda line: None)
@@ -30,7 +30,7 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> EngineStore:
 @pytest.fixture(scope="session")
 def demo_media(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
     """Demo clips and images (real, fake, no face) and their ground truth by file name."""
-    from trainer.demo import write_demo_media
+    from deepsift.trainer.demo import write_demo_media
 
     folder = tmp_path_factory.mktemp("demo-media")
     truth = write_demo_media(folder, n_videos=2, n_images=1, seconds=2.0)
@@ -44,9 +44,9 @@ def full_frame_store(tmp_path_factory: pytest.TempPathFactory) -> EngineStore:
     """A store with an untrained tiny engine ``tiny-full`` that scores whole frames (no face detection)."""
     import torch
 
-    from engines.models import build_detector
-    from engines.recipes import load_recipe
-    from trainer.build import build_onnx_engine
+    from deepsift.engines.models import build_detector
+    from deepsift.engines.recipes import load_recipe
+    from deepsift.trainer.build import build_onnx_engine
 
     base = load_recipe("demo-tiny")
     recipe = load_recipe("demo-tiny", input={**base.input.model_dump(), "crop_mode": "full"})

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # numpy, Pillow, PyAV and the daemon are imported where used, so the launcher stays small
     import numpy as np
 
-    from daemon.settings import Settings
+    from deepsift.daemon.settings import Settings
 
 MIB = 1 << 20
 
@@ -83,7 +83,7 @@ class Budgets:
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Budgets:
-        from daemon.settings import Settings
+        from deepsift.daemon.settings import Settings
 
         s = settings or Settings()
         return cls(s.max_image_pixels, s.max_frame_pixels, s.job_frame_budget_mb, s.detect_max_side)
@@ -138,7 +138,7 @@ class MemoryCeiling:
         """The ceiling for media of up to ``frame_pixels`` a video frame and ``image_pixels`` a photo (default: the
         largest the budgets admit); the decoder's share is the larger of the two's decode buffers. ``fixed_mib``:
         the process without media, measured or ``runtime_and_engine_mib``."""
-        from engines.budgets import MAX_DETECT_BATCH_PIXELS  # the most pixels MTCNN is given in one pass
+        from deepsift.engines.budgets import MAX_DETECT_BATCH_PIXELS  # the most pixels MTCNN is given in one pass
 
         frame_pixels = budgets.max_frame_pixels if frame_pixels is None else frame_pixels
         image_pixels = budgets.max_image_pixels if image_pixels is None else image_pixels

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from engines.registry import Registry
+from deepsift.engines.registry import Registry
 
 if TYPE_CHECKING:
     import torch
 
-    from engines.manifest import BackendSpec, BatchRange, OutputSpec
+    from deepsift.engines.manifest import BackendSpec, BatchRange, OutputSpec
 
 ONNX_ARTIFACT, TORCH_ARTIFACT, TENSORRT_ARTIFACT = "model.onnx", "model.pt2", "model.plan"
 # Every precision an engine can be built in, widest first (engines.manifest.BackendSpec.precision; a tolerance for
@@ -80,8 +80,8 @@ def buildable_precisions() -> list[str]:
 def _onnxruntime_artifact(exported: Exported, precision: str, timing_cache: Path | None) -> tuple[Path, BackendSpec]:
     import onnxruntime
 
-    from engines.manifest import BackendSpec
-    from trainer.export import ONNX_OPSET
+    from deepsift.engines.manifest import BackendSpec
+    from deepsift.trainer.export import ONNX_OPSET
 
     spec = BackendSpec(name="onnxruntime", version=onnxruntime.__version__, precision=precision, onnx_opset=ONNX_OPSET)
     return exported.onnx, spec
@@ -91,8 +91,8 @@ def _onnxruntime_artifact(exported: Exported, precision: str, timing_cache: Path
 def _torch_artifact(exported: Exported, precision: str, timing_cache: Path | None) -> tuple[Path, BackendSpec]:
     import torch
 
-    from engines.manifest import BackendSpec
-    from trainer.export import export_pt2
+    from deepsift.engines.manifest import BackendSpec
+    from deepsift.trainer.export import export_pt2
 
     path = export_pt2(exported.program, exported.spec, exported.onnx.with_name(TORCH_ARTIFACT))
     return path, BackendSpec(name="torch", version=torch.__version__, precision=precision)
@@ -100,9 +100,9 @@ def _torch_artifact(exported: Exported, precision: str, timing_cache: Path | Non
 
 @backend_build("tensorrt", precisions=("fp32", "fp16", "bf16", "int8"), gpu=True)
 def _tensorrt_artifact(exported: Exported, precision: str, timing_cache: Path | None) -> tuple[Path, BackendSpec]:
-    from engines.manifest import BackendSpec
-    from trainer.export import ONNX_OPSET
-    from trainer.tensorrt_build import build_plan  # needs tensorrt only when a plan is built
+    from deepsift.engines.manifest import BackendSpec
+    from deepsift.trainer.export import ONNX_OPSET
+    from deepsift.trainer.tensorrt_build import build_plan  # needs tensorrt only when a plan is built
 
     plan = exported.onnx.with_name(TENSORRT_ARTIFACT)
     info = build_plan(exported.onnx, plan, exported.batch, exported.image_size, precision, timing_cache)

@@ -13,7 +13,7 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from engines.recipes import AugmentSpec
+from deepsift.engines.recipes import AugmentSpec
 
 
 def _clahe(image: torch.Tensor) -> torch.Tensor:

@@ -16,13 +16,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.backends import BACKENDS, BackendOptions
-from engines.errors import EngineError
-from engines.manifest import BatchRange, Calibration, EngineManifest, sha256_file
-from engines.recipes import Recipe
-from engines.store import EngineStore
-from trainer.artifacts import BACKEND_BUILDS, ONNX_ARTIFACT, Exported
-from trainer.export import INPUT_NAME, export_onnx, golden_batch, output_spec, reference_outputs, trace, weights_sha256
+from deepsift.engines.backends import BACKENDS, BackendOptions
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import BatchRange, Calibration, EngineManifest, sha256_file
+from deepsift.engines.recipes import Recipe
+from deepsift.engines.store import EngineStore
+from deepsift.trainer.artifacts import BACKEND_BUILDS, ONNX_ARTIFACT, Exported
+from deepsift.trainer.export import (
+    INPUT_NAME,
+    export_onnx,
+    golden_batch,
+    output_spec,
+    reference_outputs,
+    trace,
+    weights_sha256,
+)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from scipy.optimize import minimize_scalar
 from sklearn import metrics
 from sklearn.isotonic import IsotonicRegression
 
-from engines.manifest import Calibration
+from deepsift.engines.manifest import Calibration
 
 Method = Literal["none", "temperature", "isotonic"]
 MAX_KNOTS = 200

@@ -7,14 +7,14 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from engines.errors import DeepsiftError
+from deepsift.engines.errors import DeepsiftError
 
 DEFAULT_DEMO_STEPS = 700  # trainer.demo.DemoBudget.steps; repeated here so --help stays light
 Commands = argparse._SubParsersAction
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
-    from engines.recipes import load_recipe, recipe_names
+    from deepsift.engines.recipes import load_recipe, recipe_names
 
     for name in recipe_names():
         recipe = load_recipe(name)
@@ -23,8 +23,8 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from engines.store import EngineStore
-    from trainer.demo import DemoBudget, train_demo_engine, write_demo_media
+    from deepsift.engines.store import EngineStore
+    from deepsift.trainer.demo import DemoBudget, train_demo_engine, write_demo_media
 
     store = EngineStore(args.engine_store)
     if args.force or store.current_version(args.name) is None:
@@ -42,10 +42,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_build_engine(args: argparse.Namespace) -> int:
     import torch
 
-    from engines.models import build_detector
-    from engines.recipes import load_recipe
-    from engines.store import EngineStore
-    from trainer.build import build_engine
+    from deepsift.engines.models import build_detector
+    from deepsift.engines.recipes import load_recipe
+    from deepsift.engines.store import EngineStore
+    from deepsift.trainer.build import build_engine
 
     overrides = {}
     if args.backbone_weights:
@@ -67,8 +67,8 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild_engine(args: argparse.Namespace) -> int:
-    from engines.store import EngineStore
-    from trainer.rebuild import RebuildOptions, rebuild_engine
+    from deepsift.engines.store import EngineStore
+    from deepsift.trainer.rebuild import RebuildOptions, rebuild_engine
 
     options = RebuildOptions(
         recipe=args.recipe, name=args.name or args.recipe, runs=args.runs, run=args.run, data=args.data,
@@ -88,7 +88,7 @@ def cmd_rebuild_engine(args: argparse.Namespace) -> int:
 
 
 def _recipe(args: argparse.Namespace):
-    from engines.recipes import load_recipe
+    from deepsift.engines.recipes import load_recipe
 
     recipe = load_recipe(args.recipe)
     if getattr(args, "backbone_weights", None):
@@ -99,7 +99,7 @@ def _recipe(args: argparse.Namespace):
 
 
 def cmd_import_folders(args: argparse.Namespace) -> int:
-    from trainer.data import import_binary_folders, import_class_folders, write_manifest
+    from deepsift.trainer.data import import_binary_folders, import_class_folders, write_manifest
 
     if args.layout == "binary":
         rows = import_binary_folders(args.root)
@@ -111,7 +111,7 @@ def cmd_import_folders(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from trainer.prepare import prepare
+    from deepsift.trainer.prepare import prepare
 
     summary = prepare(args.data, args.out, _recipe(args).input, frames=args.frames)
     print(
@@ -124,9 +124,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     import torch
 
-    from engines.models import build_detector
-    from trainer.data import dataset_for
-    from trainer.loop import FitOptions, fit
+    from deepsift.engines.models import build_detector
+    from deepsift.trainer.data import dataset_for
+    from deepsift.trainer.loop import FitOptions, fit
 
     recipe = _recipe(args)
     torch.manual_seed(args.seed)
@@ -147,7 +147,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from trainer.report import EvaluateOptions, evaluate_run
+    from deepsift.trainer.report import EvaluateOptions, evaluate_run
 
     options = EvaluateOptions(
         data=args.data, split=args.split, out=args.out, run=args.run, recipe=args.recipe, checkpoint=args.checkpoint,
@@ -164,10 +164,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_fewshot(args: argparse.Namespace) -> int:
-    from engines.models import build_detector
-    from trainer.data import dataset_for
-    from trainer.fewshot import fit_prototypes, load_encoder
-    from trainer.runs import RunFolder
+    from deepsift.engines.models import build_detector
+    from deepsift.trainer.data import dataset_for
+    from deepsift.trainer.fewshot import fit_prototypes, load_encoder
+    from deepsift.trainer.runs import RunFolder
 
     recipe = _recipe(args)
     if args.shots:
@@ -187,8 +187,8 @@ def cmd_fewshot(args: argparse.Namespace) -> int:
         f"(val precision {result.val_precision:.3f}, recall {result.val_recall:.3f}, AUC {result.val_roc_auc:.3f})"
     )
     if args.engine:
-        from engines.store import EngineStore
-        from trainer.build import build_onnx_engine
+        from deepsift.engines.store import EngineStore
+        from deepsift.trainer.build import build_onnx_engine
 
         evaluation = {f"val_{k}": v for k, v in vars(result).items() if k != "threshold"}
         manifest = build_onnx_engine(
@@ -216,7 +216,7 @@ def _add_demo(commands: Commands) -> None:
 
 def _add_backend_choices(parser: argparse.ArgumentParser, backend_help: str | None, precision_help: str | None) -> None:
     """``--backend`` and ``--precision``, their choices from the registry of backend builds."""
-    from trainer.artifacts import BACKEND_BUILDS, buildable_precisions
+    from deepsift.trainer.artifacts import BACKEND_BUILDS, buildable_precisions
 
     parser.add_argument("--backend", choices=BACKEND_BUILDS.names(), default="onnxruntime", help=backend_help)
     parser.add_argument("--precision", choices=buildable_precisions(), default="fp32", help=precision_help)
@@ -331,7 +331,7 @@ def _add_fewshot(commands: Commands) -> None:
 
 
 def _add_engines(commands: Commands) -> None:
-    from trainer.engines_cli import add_engines_commands
+    from deepsift.trainer.engines_cli import add_engines_commands
 
     add_engines_commands(commands)
 

@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from engines.media import decode_sampled
-from engines.preprocess import fit_to_square, preprocess_image
-from engines.recipes import Recipe, TaskSpec
+from deepsift.engines.media import decode_sampled
+from deepsift.engines.preprocess import fit_to_square, preprocess_image
+from deepsift.engines.recipes import Recipe, TaskSpec
 
 Split = Literal["train", "val", "test"]
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",

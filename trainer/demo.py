@@ -16,17 +16,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engines.faces import MtcnnFaceDetector, square_crop
-from engines.manifest import EngineManifest
-from engines.media import write_video
-from engines.models import build_detector
-from engines.preprocess import InputContract, preprocess_image
-from engines.recipes import load_recipe
-from engines.store import EngineStore
-from trainer.build import build_onnx_engine
-from trainer.fit import fit_binary, predict_p_fake
-from trainer.metrics import binary_metrics, youden_threshold
-from trainer.synthetic import SceneFactory, jitter_box, jpeg_roundtrip
+from deepsift.engines.faces import MtcnnFaceDetector, square_crop
+from deepsift.engines.manifest import EngineManifest
+from deepsift.engines.media import write_video
+from deepsift.engines.models import build_detector
+from deepsift.engines.preprocess import InputContract, preprocess_image
+from deepsift.engines.recipes import load_recipe
+from deepsift.engines.store import EngineStore
+from deepsift.trainer.build import build_onnx_engine
+from deepsift.trainer.fit import fit_binary, predict_p_fake
+from deepsift.trainer.metrics import binary_metrics, youden_threshold
+from deepsift.trainer.synthetic import SceneFactory, jitter_box, jpeg_roundtrip
 
 DEMO_RECIPE = "demo-tiny"
 

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.data import ManifestDataset
+from deepsift.trainer.data import ManifestDataset
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from dataclasses import asdict
 from datetime import UTC
 from typing import TYPE_CHECKING
 
-from engines.errors import EngineError
+from deepsift.engines.errors import EngineError
 
 if TYPE_CHECKING:
-    from engines.store import EngineStore
+    from deepsift.engines.store import EngineStore
 
 # Evaluation keys that hold an engine's AUC, by the writers that use them (demo, fewshot, build-engine callers).
 _AUC_KEYS = ("val_roc_auc", "roc_auc", "val_auc", "auc")
@@ -30,7 +30,7 @@ def _version(text: str) -> int:
 
 
 def _store(args: argparse.Namespace) -> EngineStore:
-    from engines.store import EngineStore
+    from deepsift.engines.store import EngineStore
 
     return EngineStore(args.engine_store)
 
@@ -49,7 +49,7 @@ def _auc(evaluation: dict[str, float | int | str]) -> str:
 
 
 def _row(store: EngineStore, name: str, version: int, current: int | None) -> tuple[str, ...]:
-    from engines.manifest import EngineManifest
+    from deepsift.engines.manifest import EngineManifest
 
     marker = "*" if version == current else ""
     try:
@@ -77,7 +77,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from engines.manifest import EngineManifest
+    from deepsift.engines.manifest import EngineManifest
 
     store = _store(args)
     versions = _require_engine(store, args.name)

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.aggregate import AggregationRule, ScoredItem, aggregate
-from engines.recipes import Recipe
-from trainer.data import ManifestDataset
-from trainer.metrics import CostModel, MaskCounts, detection_report, multiclass_report
-from trainer.objectives import OBJECTIVES
+from deepsift.engines.aggregate import AggregationRule, ScoredItem, aggregate
+from deepsift.engines.recipes import Recipe
+from deepsift.trainer.data import ManifestDataset
+from deepsift.trainer.metrics import CostModel, MaskCounts, detection_report, multiclass_report
+from deepsift.trainer.objectives import OBJECTIVES
 
 
 @dataclass

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.backends.torch_backend import save_pt2
-from engines.manifest import BatchRange, OutputSpec
-from engines.models.outputs import DetectorOutput
-from engines.recipes import TaskSpec
+from deepsift.engines.backends.torch_backend import save_pt2
+from deepsift.engines.manifest import BatchRange, OutputSpec
+from deepsift.engines.models.outputs import DetectorOutput
+from deepsift.engines.recipes import TaskSpec
 
 ONNX_OPSET = 18
 INPUT_NAME = "pixels"

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from sklearn import metrics
 
-from engines.errors import DeepsiftError
-from engines.recipes import Recipe
-from trainer.data import ManifestDataset
-from trainer.evaluate import predict_dataset
-from trainer.metrics import threshold_for_precision
+from deepsift.engines.errors import DeepsiftError
+from deepsift.engines.recipes import Recipe
+from deepsift.trainer.data import ManifestDataset
+from deepsift.trainer.evaluate import predict_dataset
+from deepsift.trainer.metrics import threshold_for_precision
 
 
 @dataclass(frozen=True)

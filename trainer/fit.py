@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.recipes import Recipe
-from trainer.metrics import binary_metrics
+from deepsift.engines.recipes import Recipe
+from deepsift.trainer.metrics import binary_metrics
 
 
 @dataclass

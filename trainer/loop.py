@@ -24,14 +24,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from engines.recipes import Recipe, TrainSpec
-from trainer.augment import augmenter_for
-from trainer.data import ManifestDataset
-from trainer.distributed import Rank, data_parallel, epoch_batches, rank_device, rank_loader, to_device
-from trainer.evaluate import autocast, evaluation_report, predict_dataset, selection_score
-from trainer.metrics import youden_threshold
-from trainer.objectives import OBJECTIVES, Objective
-from trainer.runs import RunFolder
+from deepsift.engines.recipes import Recipe, TrainSpec
+from deepsift.trainer.augment import augmenter_for
+from deepsift.trainer.data import ManifestDataset
+from deepsift.trainer.distributed import Rank, data_parallel, epoch_batches, rank_device, rank_loader, to_device
+from deepsift.trainer.evaluate import autocast, evaluation_report, predict_dataset, selection_score
+from deepsift.trainer.metrics import youden_threshold
+from deepsift.trainer.objectives import OBJECTIVES, Objective
+from deepsift.trainer.runs import RunFolder
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.recipes import MaskLossSpec, Recipe
-from engines.registry import Registry
+from deepsift.engines.recipes import MaskLossSpec, Recipe
+from deepsift.engines.registry import Registry
 
 Batch = dict[str, Any]
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from engines.errors import MediaError
-from engines.faces import FaceDetector, MtcnnFaceDetector, crop_faces, square_crop
-from engines.media import decode_sampled
-from engines.preprocess import InputContract
-from trainer.data import ManifestRow, read_manifest, write_manifest
+from deepsift.engines.errors import MediaError
+from deepsift.engines.faces import FaceDetector, MtcnnFaceDetector, crop_faces, square_crop
+from deepsift.engines.media import decode_sampled
+from deepsift.engines.preprocess import InputContract
+from deepsift.trainer.data import ManifestRow, read_manifest, write_manifest
 
 
 @dataclass(frozen=True)

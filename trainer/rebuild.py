@@ -19,16 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.backends import BackendOptions, LoadedEngine, load_engine
-from engines.errors import EngineError
-from engines.manifest import BatchRange, EngineManifest, sha256_file
-from engines.models import build_detector
-from engines.store import EngineStore
-from trainer.build import build_engine
-from trainer.calibrate import calibrate, expected_calibration_error
-from trainer.data import ManifestDataset, dataset_for
-from trainer.metrics import binary_metrics
-from trainer.runs import TrainedRun, newest_run, read_run
+from deepsift.engines.backends import BackendOptions, LoadedEngine, load_engine
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import BatchRange, EngineManifest, sha256_file
+from deepsift.engines.models import build_detector
+from deepsift.engines.store import EngineStore
+from deepsift.trainer.build import build_engine
+from deepsift.trainer.calibrate import calibrate, expected_calibration_error
+from deepsift.trainer.data import ManifestDataset, dataset_for
+from deepsift.trainer.metrics import binary_metrics
+from deepsift.trainer.runs import TrainedRun, newest_run, read_run
 
 GATE_METRICS = ("roc_auc", "average_precision", "accuracy", "balanced_accuracy", "f1_macro")  # binary_metrics
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.errors import DeepsiftError
-from engines.models import build_detector
-from engines.recipes import Recipe, load_recipe
-from trainer.data import dataset_for
-from trainer.evaluate import evaluation_report, predict_dataset
-from trainer.metrics import CostModel
-from trainer.plots import detection_plots, training_curves
-from trainer.runs import RunFolder
+from deepsift.engines.errors import DeepsiftError
+from deepsift.engines.models import build_detector
+from deepsift.engines.recipes import Recipe, load_recipe
+from deepsift.trainer.data import dataset_for
+from deepsift.trainer.evaluate import evaluation_report, predict_dataset
+from deepsift.trainer.metrics import CostModel
+from deepsift.trainer.plots import detection_plots, training_curves
+from deepsift.trainer.runs import RunFolder
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from engines.errors import EngineError
+from deepsift.engines.errors import EngineError
 
 if TYPE_CHECKING:
-    from engines.recipes import Recipe
+    from deepsift.engines.recipes import Recipe
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class RunFolder:
         self.recipe_file.write_text(recipe.model_dump_json(indent=2) + "\n")
 
     def read_recipe(self) -> Recipe:
-        from engines.recipes import load_recipe
+        from deepsift.engines.recipes import load_recipe
 
         return load_recipe(self.recipe_file)
 

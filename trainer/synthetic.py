@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from engines.faces import FaceBox
+from deepsift.engines.faces import FaceBox
 
 CANVAS = (640, 360)  # width, height of generated frames
 DONORS = ("chelsea", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "colorwheel")
@@ -179,8 +179,8 @@ def write_forgery_dataset(
     ``video_id`` (``frames_per_video`` of them), so video-level aggregation can be exercised. Returns the
     manifest path.
     """
-    from engines.faces import square_crop
-    from trainer.data import ManifestRow, write_manifest
+    from deepsift.engines.faces import square_crop
+    from deepsift.trainer.data import ManifestRow, write_manifest
 
     out.mkdir(parents=True, exist_ok=True)
     rng, rows = np.random.default_rng(seed), []

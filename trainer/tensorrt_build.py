@@ -21,9 +21,9 @@ from typing import Any
 
 import onnx
 
-from engines.backends.tensorrt import require_tensorrt, running_compute_capability
-from engines.errors import EngineError
-from engines.manifest import BatchRange
+from deepsift.engines.backends.tensorrt import require_tensorrt, running_compute_capability
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import BatchRange
 
 # TensorRT BuilderFlag member names per manifest precision; int8 keeps FP16 on for the layers Q/DQ leave unquantized.
 PRECISION_FLAGS: dict[str, tuple[str, ...]] = {

@@ -18,12 +18,12 @@ from dataclasses import replace
 
 import structlog
 
-from daemon.pipeline import PreparedMedia, engine_identity, infer, verdict
-from daemon.records import VerdictRecord
-from daemon.stream.metrics import StreamMetrics
-from daemon.stream.work import Judged, Work, put, take
-from engines.backends import EngineOutputs, LoadedEngine
-from engines.manifest import EngineManifest
+from deepsift.daemon.pipeline import PreparedMedia, engine_identity, infer, verdict
+from deepsift.daemon.records import VerdictRecord
+from deepsift.daemon.stream.metrics import StreamMetrics
+from deepsift.daemon.stream.work import Judged, Work, put, take
+from deepsift.engines.backends import EngineOutputs, LoadedEngine
+from deepsift.engines.manifest import EngineManifest
 
 log = structlog.get_logger(__name__)
 

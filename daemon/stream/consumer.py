@@ -15,9 +15,9 @@ import structlog
 from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
 from kafka.errors import AuthorizationError, BrokerResponseError, KafkaError, MessageSizeTooLargeError
 
-from daemon.settings import Settings
-from daemon.stream.offsets import PartitionKey
-from engines.errors import RetryableError
+from deepsift.daemon.settings import Settings
+from deepsift.daemon.stream.offsets import PartitionKey
+from deepsift.engines.errors import RetryableError
 
 log = structlog.get_logger(__name__)
 

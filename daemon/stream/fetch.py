@@ -25,11 +25,11 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 import structlog
 
-from daemon.paths import not_regular, path_problem
-from daemon.pipeline import MediaJob
-from daemon.stream.jobs import JobV1
-from engines.errors import MediaError
-from engines.manifest import sha256_file
+from deepsift.daemon.paths import not_regular, path_problem
+from deepsift.daemon.pipeline import MediaJob
+from deepsift.daemon.stream.jobs import JobV1
+from deepsift.engines.errors import MediaError
+from deepsift.engines.manifest import sha256_file
 
 log = structlog.get_logger(__name__)
 

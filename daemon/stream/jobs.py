@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_core import from_json
 
-from engines.errors import PermanentError
+from deepsift.engines.errors import PermanentError
 
 SCHEMA_VERSION = 1
 MEDIA_URL_SCHEMES = ("file", "http", "https")

@@ -19,9 +19,9 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from daemon.records import VerdictRecord
-from daemon.repository import safe_json, safe_text
-from daemon.stream.work import Envelope
+from deepsift.daemon.records import VerdictRecord
+from deepsift.daemon.repository import safe_json, safe_text
+from deepsift.daemon.stream.work import Envelope
 
 DEAD_LETTER_SCHEMA_VERSION = 1
 VERDICT_EVENT_SCHEMA_VERSION = 1

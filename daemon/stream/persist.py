@@ -26,13 +26,13 @@ import structlog
 from kafka import KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 
-from daemon.records import VerdictRecord
-from daemon.repository import VerdictRepository
-from daemon.stream.consumer import send_and_wait
-from daemon.stream.metrics import StreamMetrics
-from daemon.stream.outbound import Form, dead_letter, fitted, record_key, verdict_event
-from daemon.stream.retry import Abandoned, Backoff, DependencyWatch, retry_forever
-from daemon.stream.work import Completion, Envelope, Judged, Work, take
+from deepsift.daemon.records import VerdictRecord
+from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.stream.consumer import send_and_wait
+from deepsift.daemon.stream.metrics import StreamMetrics
+from deepsift.daemon.stream.outbound import Form, dead_letter, fitted, record_key, verdict_event
+from deepsift.daemon.stream.retry import Abandoned, Backoff, DependencyWatch, retry_forever
+from deepsift.daemon.stream.work import Completion, Envelope, Judged, Work, take
 
 log = structlog.get_logger(__name__)
 

@@ -22,18 +22,18 @@ from typing import TypeVar
 
 import structlog
 
-from daemon.attempts import JobAttempts
-from daemon.engine_watch import FaceDetectors
-from daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, engine_identity, prepare
-from daemon.repository import VerdictRepository
-from daemon.stream.fetch import FetchPolicy, Resolver, fetch_job, redact_url, resolve_addresses
-from daemon.stream.jobs import InvalidJob, JobV1, invalid_job_id, parse_job, readable_field, readable_job_id
-from daemon.stream.metrics import StreamMetrics
-from daemon.stream.offsets import Ticket
-from daemon.stream.retry import Abandoned, DependencyWatch, retry_forever
-from daemon.stream.work import Envelope, Work, put, take
-from engines.backends import LoadedEngine
-from engines.errors import PermanentError
+from deepsift.daemon.attempts import JobAttempts
+from deepsift.daemon.engine_watch import FaceDetectors
+from deepsift.daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, engine_identity, prepare
+from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.stream.fetch import FetchPolicy, Resolver, fetch_job, redact_url, resolve_addresses
+from deepsift.daemon.stream.jobs import InvalidJob, JobV1, invalid_job_id, parse_job, readable_field, readable_job_id
+from deepsift.daemon.stream.metrics import StreamMetrics
+from deepsift.daemon.stream.offsets import Ticket
+from deepsift.daemon.stream.retry import Abandoned, DependencyWatch, retry_forever
+from deepsift.daemon.stream.work import Envelope, Work, put, take
+from deepsift.engines.backends import LoadedEngine
+from deepsift.engines.errors import PermanentError
 
 log = structlog.get_logger(__name__)
 

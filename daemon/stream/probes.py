@@ -26,9 +26,9 @@ from kafka.net.compat import KafkaNetClient  # the admin client's default networ
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from daemon.db import DbTimeouts, make_engine
-from daemon.settings import Settings
-from daemon.stream.consumer import client_config
+from deepsift.daemon.db import DbTimeouts, make_database
+from deepsift.daemon.settings import Settings
+from deepsift.daemon.stream.consumer import client_config
 
 log = structlog.get_logger(__name__)
 
@@ -250,7 +250,7 @@ def dependency_probes(settings: Settings, report: ProbeReport) -> list[Probe]:
     # the probe waits for a connection no longer than for an answer, so a recovered database is seen soon
     probe_timeouts = replace(timeouts, connect_s=min(timeouts.connect_s, timeout_s))
     return [
-        Probe(DatabaseCheck(make_engine(settings.database_url, probe_timeouts)), report, timeout_s),
+        Probe(DatabaseCheck(make_database(settings.database_url, probe_timeouts)), report, timeout_s),
         Probe(BrokerCheck(client_config(settings), timeout_s), report, timeout_s),
     ]
 

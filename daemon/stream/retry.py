@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 
 import structlog
 
-from engines.errors import RetryableError
+from deepsift.engines.errors import RetryableError
 
 log = structlog.get_logger(__name__)
 

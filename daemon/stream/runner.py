@@ -35,23 +35,23 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 
-from daemon import notify
-from daemon.attempts import JobAttempts, sweep_attempts
-from daemon.engine_watch import EngineWatcher, FaceDetectors
-from daemon.repository import VerdictRepository
-from daemon.runtime import judge_config
-from daemon.settings import Settings
-from daemon.stream.batching import MicroBatcher, batch_worker
-from daemon.stream.consumer import COMMIT_TIMEOUT_MS, PartitionListener, kafka_call, make_consumer, to_offsets
-from daemon.stream.fetch import FetchPolicy
-from daemon.stream.health import Health
-from daemon.stream.metrics import StreamMetrics
-from daemon.stream.offsets import OffsetLedger, PartitionKey
-from daemon.stream.persist import PersistContext, persist_worker
-from daemon.stream.prepare import JobGuards, PrepareContext, prepare_worker
-from daemon.stream.probes import watch_dependencies
-from daemon.stream.retry import Abandoned, Backoff, retry_forever
-from daemon.stream.work import Completion, Envelope
+from deepsift.daemon import notify
+from deepsift.daemon.attempts import JobAttempts, sweep_attempts
+from deepsift.daemon.engine_watch import EngineWatcher, FaceDetectors
+from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.runtime import judge_config
+from deepsift.daemon.settings import Settings
+from deepsift.daemon.stream.batching import MicroBatcher, batch_worker
+from deepsift.daemon.stream.consumer import COMMIT_TIMEOUT_MS, PartitionListener, kafka_call, make_consumer, to_offsets
+from deepsift.daemon.stream.fetch import FetchPolicy
+from deepsift.daemon.stream.health import Health
+from deepsift.daemon.stream.metrics import StreamMetrics
+from deepsift.daemon.stream.offsets import OffsetLedger, PartitionKey
+from deepsift.daemon.stream.persist import PersistContext, persist_worker
+from deepsift.daemon.stream.prepare import JobGuards, PrepareContext, prepare_worker
+from deepsift.daemon.stream.probes import watch_dependencies
+from deepsift.daemon.stream.retry import Abandoned, Backoff, retry_forever
+from deepsift.daemon.stream.work import Completion, Envelope
 
 log = structlog.get_logger(__name__)
 

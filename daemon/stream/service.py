@@ -10,20 +10,20 @@ import threading
 
 import structlog
 
-from daemon import notify
-from daemon.db import DbTimeouts, make_engine, require_current_schema
-from daemon.engine_watch import EngineWatcher
-from daemon.repository import VerdictRepository
-from daemon.runtime import engine_loader, start_decoder
-from daemon.settings import Settings
-from daemon.stream.consumer import kafka_call, make_producer
-from daemon.stream.health import Health, HealthServer
-from daemon.stream.metrics import StreamMetrics
-from daemon.stream.retry import Abandoned, DependencyWatch, retry_forever
-from daemon.stream.runner import Lifecycle, Services, StreamDaemon, Watch
-from engines.backends import LoadedEngine
-from engines.errors import DeepsiftError
-from engines.store import EngineStore
+from deepsift.daemon import notify
+from deepsift.daemon.db import DbTimeouts, make_database, require_current_schema
+from deepsift.daemon.engine_watch import EngineWatcher
+from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.runtime import engine_loader, start_decoder
+from deepsift.daemon.settings import Settings
+from deepsift.daemon.stream.consumer import kafka_call, make_producer
+from deepsift.daemon.stream.health import Health, HealthServer
+from deepsift.daemon.stream.metrics import StreamMetrics
+from deepsift.daemon.stream.retry import Abandoned, DependencyWatch, retry_forever
+from deepsift.daemon.stream.runner import Lifecycle, Services, StreamDaemon, Watch
+from deepsift.engines.backends import LoadedEngine
+from deepsift.engines.errors import DeepsiftError
+from deepsift.engines.store import EngineStore
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +48,7 @@ def start_services(settings: Settings, health: Health, metrics: StreamMetrics, l
     """Database (schema checked), engine (loaded, warm, followed), producer; waits while a dependency is down."""
     watch = Watch(health, metrics)
     notify.notify_status("connecting to the database")
-    db = make_engine(settings.database_url, DbTimeouts.from_settings(settings))
+    db = make_database(settings.database_url, DbTimeouts.from_settings(settings))
     retry_forever(lambda: require_current_schema(db), dependency="database", stop=lifecycle.stopping, watch=watch)
     repository = VerdictRepository(db)
     notify.notify_status("loading the engine")

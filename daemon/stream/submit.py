@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from daemon.settings import Settings
-from daemon.stream.jobs import JobV1, encode_job, new_job
-from engines.errors import DeepsiftError
+from deepsift.daemon.settings import Settings
+from deepsift.daemon.stream.jobs import JobV1, encode_job, new_job
+from deepsift.engines.errors import DeepsiftError
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -53,7 +53,7 @@ def _local_files(path: Path) -> list[Path]:
         raise DeepsiftError(f"no such file or folder: {path}")
     if not path.is_dir():
         return [path.absolute()]
-    from daemon.scan import expand_paths  # the scan's folder rule; imported only when a folder is given
+    from deepsift.daemon.scan import expand_paths  # the scan's folder rule; imported only when a folder is given
 
     return [p.absolute() for p in expand_paths([path])]
 
@@ -72,7 +72,7 @@ def _job(url: str, sha: str | None, options: SubmitOptions) -> JobV1:
 
 def submit(jobs: Sequence[JobV1], settings: Settings, topic: str | None = None) -> list[str]:
     """Produce the jobs (keyed by job id) and wait until the broker acknowledged all; their ids, in order."""
-    from daemon.stream.consumer import make_producer
+    from deepsift.daemon.stream.consumer import make_producer
 
     producer = make_producer(settings)
     try:

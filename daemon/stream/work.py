@@ -13,9 +13,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from daemon.pipeline import JudgeConfig, PreparedMedia
-from daemon.records import VerdictRecord
-from daemon.stream.offsets import Ticket
+from deepsift.daemon.pipeline import JudgeConfig, PreparedMedia
+from deepsift.daemon.records import VerdictRecord
+from deepsift.daemon.stream.offsets import Ticket
 
 STOP = object()  # put on a stage's queue to end it
 _POLL_S = 0.1

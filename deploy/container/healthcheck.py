@@ -14,7 +14,7 @@ ANY_ADDRESS = {"", "0.0.0.0", "::", "[::]"}
 
 
 def live_url() -> str:
-    from daemon.settings import Settings
+    from deepsift.daemon.settings import Settings
 
     settings = Settings()
     host = "127.0.0.1" if settings.health_host in ANY_ADDRESS else settings.health_host

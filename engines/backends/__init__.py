@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from engines.errors import EngineError
-from engines.manifest import EngineManifest, sha256_file
-from engines.registry import Registry
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import EngineManifest, sha256_file
+from deepsift.engines.registry import Registry
 
 
 class InferenceBackend(Protocol):
@@ -115,4 +115,4 @@ def load_engine(
 
 
 # Backends register themselves on import; their runtimes load lazily, so this import stays cheap.
-from engines.backends import ort, tensorrt, torch_backend  # noqa: E402, F401
+from deepsift.engines.backends import ort, tensorrt, torch_backend  # noqa: E402, F401

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from engines.backends import BACKENDS, BackendOptions
-from engines.errors import EngineError
-from engines.manifest import EngineManifest
+from deepsift.engines.backends import BACKENDS, BackendOptions
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import EngineManifest
 
 
 class OnnxRuntimeBackend:

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from engines.backends import BACKENDS, BackendOptions
-from engines.errors import EngineError
-from engines.manifest import EngineManifest
+from deepsift.engines.backends import BACKENDS, BackendOptions
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import EngineManifest
 
 REBUILD_HINT = "run `trainer rebuild-engine` on this GPU type"
 

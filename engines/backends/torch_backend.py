@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from engines.backends import BACKENDS, BackendOptions
-from engines.errors import EngineError
-from engines.manifest import EngineManifest
+from deepsift.engines.backends import BACKENDS, BackendOptions
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import EngineManifest
 
 NAMES_FILE = "deepsift_io.json"  # extra file inside the archive: {"input": name, "outputs": [names]}
 AUTOCAST_DTYPES = {"fp16": "float16", "bf16": "bfloat16"}  # fp32 runs without autocast

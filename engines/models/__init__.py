@@ -10,15 +10,15 @@ from collections.abc import Callable
 
 from torch import nn
 
-from engines.models.backbones import enable_grad_checkpointing
-from engines.models.clip_fusion import build_clip_resnet_fusion
-from engines.models.prototype import build_prototype
-from engines.models.sd2 import build_sd2
-from engines.models.sections import check_sections
-from engines.models.siglip_binary import build_siglip_binary
-from engines.models.siglip_multitask import build_siglip_multitask
-from engines.recipes import Recipe
-from engines.registry import Registry
+from deepsift.engines.models.backbones import enable_grad_checkpointing
+from deepsift.engines.models.clip_fusion import build_clip_resnet_fusion
+from deepsift.engines.models.prototype import build_prototype
+from deepsift.engines.models.sd2 import build_sd2
+from deepsift.engines.models.sections import check_sections
+from deepsift.engines.models.siglip_binary import build_siglip_binary
+from deepsift.engines.models.siglip_multitask import build_siglip_multitask
+from deepsift.engines.recipes import Recipe
+from deepsift.engines.registry import Registry
 
 DETECTORS: Registry[Callable[[Recipe], nn.Module]] = Registry("detector")
 

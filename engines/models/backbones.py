@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engines.errors import EngineError
-from engines.recipes import BackboneSpec
+from deepsift.engines.errors import EngineError
+from deepsift.engines.recipes import BackboneSpec
 
 _CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors")
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.errors import EngineError
-from engines.models.backbones import build_clip, clip_tokenizer
-from engines.models.outputs import DetectorOutput, MlpClassifier
-from engines.models.sections import check_sections
-from engines.recipes import CnnSpec, Recipe
+from deepsift.engines.errors import EngineError
+from deepsift.engines.models.backbones import build_clip, clip_tokenizer
+from deepsift.engines.models.outputs import DetectorOutput, MlpClassifier
+from deepsift.engines.models.sections import check_sections
+from deepsift.engines.recipes import CnnSpec, Recipe
 
 
 class ResNetBranch(nn.Module):

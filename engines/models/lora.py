@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.recipes import LoraSpec
+from deepsift.engines.recipes import LoraSpec
 
 
 class LoraDelta(nn.Module):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from engines.recipes import HeadSpec
+from deepsift.engines.recipes import HeadSpec
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.models.backbones import build_image_tower
-from engines.models.outputs import DetectorOutput
-from engines.models.sections import check_sections
-from engines.recipes import Recipe
+from deepsift.engines.models.backbones import build_image_tower
+from deepsift.engines.models.outputs import DetectorOutput
+from deepsift.engines.models.sections import check_sections
+from deepsift.engines.recipes import Recipe
 
 
 class PrototypeDetector(nn.Module):

@@ -16,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.models.backbones import build_clip, clip_tokenizer, enable_grad_checkpointing
-from engines.models.lora import add_lora
-from engines.models.outputs import DetectorOutput, fake_logit_from_class_logits
-from engines.models.sections import check_sections
-from engines.recipes import ClamSpec, Recipe
+from deepsift.engines.models.backbones import build_clip, clip_tokenizer, enable_grad_checkpointing
+from deepsift.engines.models.lora import add_lora
+from deepsift.engines.models.outputs import DetectorOutput, fake_logit_from_class_logits
+from deepsift.engines.models.sections import check_sections
+from deepsift.engines.recipes import ClamSpec, Recipe
 
 DATA_DIR = Path(__file__).parent / "data"
 

@@ -3,7 +3,7 @@ value the code would silently ignore becomes an error at build time."""
 
 from __future__ import annotations
 
-from engines.recipes import Recipe
+from deepsift.engines.recipes import Recipe
 
 OPTIONAL_SECTIONS = ("decoder", "cnn", "prompt", "clam", "text_labels", "fewshot")
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.models.backbones import build_image_tower, set_trainable_blocks
-from engines.models.outputs import DetectorOutput
-from engines.recipes import HeadSpec, Recipe
+from deepsift.engines.models.backbones import build_image_tower, set_trainable_blocks
+from deepsift.engines.models.outputs import DetectorOutput
+from deepsift.engines.recipes import HeadSpec, Recipe
 
 
 class MlpHead(nn.Module):

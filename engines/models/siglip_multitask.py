@@ -11,10 +11,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.models.backbones import build_image_tower, enable_grad_checkpointing, set_trainable_blocks, tower_blocks
-from engines.models.outputs import DetectorOutput, MlpClassifier, fake_logit_from_class_logits
-from engines.models.sections import check_sections
-from engines.recipes import MaskDecoderSpec, Recipe
+from deepsift.engines.models.backbones import (
+    build_image_tower,
+    enable_grad_checkpointing,
+    set_trainable_blocks,
+    tower_blocks,
+)
+from deepsift.engines.models.outputs import DetectorOutput, MlpClassifier, fake_logit_from_class_logits
+from deepsift.engines.models.sections import check_sections
+from deepsift.engines.recipes import MaskDecoderSpec, Recipe
 
 
 def tower_width(tower: nn.Module) -> int:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engines.preprocess import InputContract
+from deepsift.engines.preprocess import InputContract
 
 RECIPE_DIR = Path(__file__).parent
 

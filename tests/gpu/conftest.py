@@ -108,7 +108,7 @@ def damaged(data: bytes, seed: int = 0, fraction: float = 0.002) -> bytes:
 @pytest.fixture(scope="session")
 def gpu_clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Clips DALI should take (SD, 1080p, rotated, Matroska) and ones it must not (VFR, MPEG-4, damaged)."""
-    from engines.media import write_video
+    from deepsift.engines.media import write_video
 
     folder = tmp_path_factory.mktemp("gpu-clips")
     clips = {

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from engines import dali
-from engines.dali import DaliDecoder, DaliSettings, choose_decoder
-from engines.errors import MediaError
-from engines.media import decode_sampled
+from deepsift.engines import dali
+from deepsift.engines.dali import DaliDecoder, DaliSettings, choose_decoder
+from deepsift.engines.errors import MediaError
+from deepsift.engines.media import decode_sampled
 
 MAX_MEAN_ABS_DIFF = 3.0
 MIN_PSNR_DB = 35.0

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from daemon.pipeline import JudgeConfig, MediaJob, prepare
-from engines import dali
-from engines.aggregate import AggregationRule, ScoredItem, aggregate
-from engines.backends import load_engine
-from engines.faces import MtcnnFaceDetector
+from deepsift.daemon.pipeline import JudgeConfig, MediaJob, prepare
+from deepsift.engines import dali
+from deepsift.engines.aggregate import AggregationRule, ScoredItem, aggregate
+from deepsift.engines.backends import load_engine
+from deepsift.engines.faces import MtcnnFaceDetector
 
 MAX_P_FAKE_DIFF = 0.05
 RULE = AggregationRule.parse("mean")

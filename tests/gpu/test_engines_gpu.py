@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from engines.backends import BackendOptions, load_engine
-from engines.models import build_detector
-from engines.recipes import load_recipe
-from engines.store import EngineStore
-from trainer.build import build_engine, check_parity
+from deepsift.engines.backends import BackendOptions, load_engine
+from deepsift.engines.models import build_detector
+from deepsift.engines.recipes import load_recipe
+from deepsift.engines.store import EngineStore
+from deepsift.trainer.build import build_engine, check_parity
 
 RECIPES = ["demo-tiny", "tiny-multitask", "tiny-fusion", "tiny-sd2", "tiny-fewshot"]
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.faces import FaceBox, MtcnnFaceDetector, iou, square_crop
-from engines.preprocess import InputContract, preprocess_batch
+from deepsift.engines.faces import FaceBox, MtcnnFaceDetector, iou, square_crop
+from deepsift.engines.preprocess import InputContract, preprocess_batch
 
 MAX_PREPROCESS_DIFF = 1e-4
 MIN_BOX_IOU = 0.9
@@ -48,7 +48,7 @@ def test_square_crops_on_the_gpu_are_the_cpu_crops(frames) -> None:
 
 
 def test_mtcnn_on_the_gpu_finds_the_cpu_faces(frames) -> None:
-    from trainer.demo import scene_factory
+    from deepsift.trainer.demo import scene_factory
 
     factory, rng = scene_factory(), np.random.default_rng(1)
     scenes = [factory.render(factory.forged_photo(None), factory.random_view(rng), background=i)[0] for i in range(6)]

@@ -36,9 +36,9 @@ from sqlalchemy import Engine, bindparam, create_engine, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
-from daemon.db import make_engine, upgrade_database
-from daemon.records import EngineIdentity, FrameScoreRecord, MaskRecord, TrackSummaryRecord, VerdictRecord
-from engines.store import EngineStore
+from deepsift.daemon.db import make_database, upgrade_database
+from deepsift.daemon.records import EngineIdentity, FrameScoreRecord, MaskRecord, TrackSummaryRecord, VerdictRecord
+from deepsift.engines.store import EngineStore
 
 POSTGRES_URL_ENV = "DEEPSIFT_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -123,7 +123,7 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 def db_engine(database_url: str) -> Iterator[Engine]:
     """An engine on the shared database, disposed after the test so PostgreSQL can drop it."""
-    engine = make_engine(database_url)
+    engine = make_database(database_url)
     yield engine
     engine.dispose()
 
@@ -429,7 +429,7 @@ class StreamSetup:
             "SELECT id, job_id, status, code, detail, media_uri, frames_sampled, job_metadata "
             "FROM verdicts WHERE job_id IN :ids ORDER BY id"
         ).bindparams(bindparam("ids", expanding=True))
-        engine = make_engine(self.database_url)
+        engine = make_database(self.database_url)
         try:
             with engine.connect() as c:
                 rows = [dict(row) for row in c.execute(query, {"ids": list(job_ids)}).mappings()]
@@ -447,7 +447,7 @@ class StreamSetup:
 
     def job(self, name: str, index: int = 0, **options: Any) -> tuple[str, bytes]:
         """A valid v1 job (id, message value) for a file in the media folder."""
-        from daemon.stream.jobs import encode_job, new_job
+        from deepsift.daemon.stream.jobs import encode_job, new_job
 
         job_id = f"{self.group}-{index:04d}-{name}"
         return job_id, encode_job(new_job(job_id, (self.media / name).as_uri(), **options))
@@ -458,7 +458,7 @@ def stream_media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Small images, a short clip, a corrupt clip, and a file outside the folder reached by a symlink."""
     from PIL import Image
 
-    from engines.media import write_video
+    from deepsift.engines.media import write_video
 
     folder = tmp_path_factory.mktemp("stream-media")
     rng = np.random.default_rng(7)

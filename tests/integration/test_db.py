@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from daemon.db import current_revision, make_engine, upgrade_database
-from daemon.repository import VerdictRepository
-from engines.errors import RetryableError
+from deepsift.daemon.db import current_revision, make_database, upgrade_database
+from deepsift.daemon.repository import VerdictRepository
+from deepsift.engines.errors import RetryableError
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def test_a_sqlite_file_gets_its_directory_foreign_keys_and_wal(tmp_path: Path) -
     # Given a SQLite URL in a directory that does not exist yet
     url = f"sqlite:///{tmp_path / 'var' / 'db' / 'deepsift.db'}"
     # When the engine connects
-    engine = make_engine(url)
+    engine = make_database(url)
     try:
         with engine.connect() as connection:
             foreign_keys = connection.execute(text("PRAGMA foreign_keys")).scalar_one()
@@ -43,7 +43,7 @@ def test_a_child_row_needs_its_verdict(db_engine: Engine) -> None:
 
 def test_an_unreachable_database_is_retryable() -> None:
     # Given a PostgreSQL URL nothing listens on
-    repository = VerdictRepository(make_engine(UNREACHABLE_POSTGRES))
+    repository = VerdictRepository(make_database(UNREACHABLE_POSTGRES))
     # When the repository or the migrations use it; Then the caller is told to retry later
     with pytest.raises(RetryableError) as raised:
         repository.count()
@@ -56,7 +56,7 @@ def test_an_unreachable_database_is_retryable() -> None:
 
 def test_a_missing_schema_is_not_retryable(empty_database_url: str) -> None:
     # Given a reachable database that was never migrated
-    engine = make_engine(empty_database_url)
+    engine = make_database(empty_database_url)
     try:
         # When the repository reads from it; Then the database error passes through, not a RetryableError
         # that would have the daemon back off forever

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from daemon.records import EngineIdentity
-from daemon.repository import VerdictRepository
+from deepsift.daemon.records import EngineIdentity
+from deepsift.daemon.repository import VerdictRepository
 
 pytestmark = pytest.mark.integration
 

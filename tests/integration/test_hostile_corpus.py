@@ -31,9 +31,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from daemon.db import make_engine, upgrade_database
-from daemon.settings import Settings
-from engines.store import EngineStore
+from deepsift.daemon.db import make_database, upgrade_database
+from deepsift.daemon.settings import Settings
+from deepsift.engines.store import EngineStore
 from tests.hostile_media import (
     LARGEST_FRAME_PIXELS,
     LARGEST_IMAGE_PIXELS,
@@ -90,7 +90,7 @@ def _scan(
 def _verdicts_by_name(url: str) -> dict[str, list[dict]]:
     """Every stored verdict, by the file name its media URI ends in."""
     query = text("SELECT media_uri, status, code, detail, frames_sampled FROM verdicts ORDER BY id")
-    engine = make_engine(url)
+    engine = make_database(url)
     try:
         with engine.connect() as c:
             found: dict[str, list[dict]] = {}
@@ -230,7 +230,7 @@ def _job_id(stream, index: int, name: str) -> str:
 
 
 def _job(job_id: str, path: Path, **options) -> bytes:
-    from daemon.stream.jobs import encode_job, new_job
+    from deepsift.daemon.stream.jobs import encode_job, new_job
 
     return encode_job(new_job(job_id, path.as_uri(), **options))
 

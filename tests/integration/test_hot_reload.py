@@ -18,12 +18,12 @@ from PIL import Image
 from sqlalchemy import text
 from structlog.testing import capture_logs
 
-from daemon.cli import cmd_scan
-from daemon.db import make_engine
-from daemon.repository import VerdictRepository
-from daemon.settings import Settings
-from engines.manifest import EngineManifest
-from engines.store import EngineStore
+from deepsift.daemon.cli import cmd_scan
+from deepsift.daemon.db import make_database
+from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.settings import Settings
+from deepsift.engines.manifest import EngineManifest
+from deepsift.engines.store import EngineStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,7 +45,7 @@ def hot_store(full_frame_store: EngineStore, tmp_path: Path) -> tuple[EngineStor
 
 def _verdicts(database_url: str, engine_name: str) -> list[dict[str, Any]]:
     """Every verdict this engine name made (both versions), in the order they were stored."""
-    engine = make_engine(database_url)
+    engine = make_database(database_url)
     try:
         with engine.connect() as c:
             rows = c.execute(
@@ -59,7 +59,7 @@ def _verdicts(database_url: str, engine_name: str) -> list[dict[str, Any]]:
 
 
 def _recorded_versions(database_url: str, engine_name: str) -> list[int]:
-    engine = make_engine(database_url)
+    engine = make_database(database_url)
     try:
         return [m.version for m in VerdictRepository(engine).engine_manifests() if m.name == engine_name]
     finally:

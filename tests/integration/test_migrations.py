@@ -11,11 +11,11 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Column, Integer, MetaData, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from daemon.attempts import JobAttempts
-from daemon.db import alembic_config, current_revision, downgrade_database, make_engine, upgrade_database
-from daemon.models import Base
-from daemon.records import VerdictRecord
-from daemon.repository import VerdictRepository
+from deepsift.daemon.attempts import JobAttempts
+from deepsift.daemon.db import alembic_config, current_revision, downgrade_database, make_database, upgrade_database
+from deepsift.daemon.models import Base
+from deepsift.daemon.records import VerdictRecord
+from deepsift.daemon.repository import VerdictRepository
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ SCHEMA_TABLES = {"verdicts", "verdict_frames", "verdict_tracks", "verdict_masks"
 
 
 def schema_differences(url: str, metadata: MetaData) -> list[object]:
-    engine = make_engine(url)
+    engine = make_database(url)
     try:
         with engine.connect() as connection:
             context = MigrationContext.configure(connection, opts={"compare_type": True})
@@ -33,7 +33,7 @@ def schema_differences(url: str, metadata: MetaData) -> list[object]:
 
 
 def schema_objects(url: str) -> tuple[set[str], set[str]]:
-    engine = make_engine(url)
+    engine = make_database(url)
     try:
         inspector = inspect(engine)
         return set(inspector.get_table_names()), set(inspector.get_view_names())
@@ -91,7 +91,7 @@ def test_downgrade_to_base_then_upgrade_rebuilds_a_working_schema(
     assert current_revision(empty_database_url) is None
     # And after upgrading again, verdicts are stored and guarded as before
     upgrade_database(empty_database_url)
-    engine = make_engine(empty_database_url)
+    engine = make_database(empty_database_url)
     try:
         saved = VerdictRepository(engine).save(make_verdict())
         with pytest.raises(IntegrityError, match="append-only"), engine.begin() as connection:
@@ -105,7 +105,7 @@ def test_0002_adds_the_decoder_columns_to_a_populated_0001_database_and_its_view
 ) -> None:
     # Given a database at 0001 holding a verdict
     upgrade_database(empty_database_url, "0001")
-    engine = make_engine(empty_database_url)
+    engine = make_database(empty_database_url)
     try:
         with engine.begin() as connection:
             connection.execute(
@@ -140,7 +140,7 @@ def test_downgrading_0002_removes_engines_and_decoder_columns_and_keeps_verdicts
     # Then the engines table is gone, the view still works, and the verdict columns are 0001's
     tables, views = schema_objects(empty_database_url)
     assert "engines" not in tables and views == {"latest_verdicts"}
-    engine = make_engine(empty_database_url)
+    engine = make_database(empty_database_url)
     try:
         columns = {c["name"] for c in inspect(engine).get_columns("verdicts")}
         assert not columns & {"decoder", "decoder_note"}
@@ -155,7 +155,7 @@ def test_0003_adds_job_attempts_to_a_populated_0002_database(
 ) -> None:
     # Given a database at 0002 holding a verdict
     upgrade_database(empty_database_url, "0002")
-    engine = make_engine(empty_database_url)
+    engine = make_database(empty_database_url)
     try:
         verdict = make_verdict()
         saved = VerdictRepository(engine).save(verdict)
@@ -177,7 +177,7 @@ def test_downgrading_0003_removes_job_attempts_and_keeps_verdicts(
 ) -> None:
     # Given a database at head with a verdict and a counted delivery
     upgrade_database(empty_database_url)
-    engine = make_engine(empty_database_url)
+    engine = make_database(empty_database_url)
     try:
         saved = VerdictRepository(engine).save(make_verdict())
         JobAttempts(engine).started("jobs", 0, 1, None)

@@ -13,9 +13,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from daemon.attempts import RETENTION, JobAttempts, sweep_attempts
-from daemon.db import make_engine
-from daemon.stream.jobs import encode_job, new_job
+from deepsift.daemon.attempts import RETENTION, JobAttempts, sweep_attempts
+from deepsift.daemon.db import make_database
+from deepsift.daemon.stream.jobs import encode_job, new_job
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +114,7 @@ def test_a_job_that_kills_every_daemon_taking_it_is_answered_poison_job(
     poison = encode_job(new_job(poison_id, f"http://127.0.0.1:{stalling_server}/upload.mp4"))
     normal_id, normal = stream.job("image_0.png", 1)
     stream.broker.produce(stream.topic, [poison, normal])
-    engine = make_engine(postgres_url)
+    engine = make_database(postgres_url)
     attempts = JobAttempts(engine)
     try:
         # When a daemon is killed (SIGKILL, as the OOM killer does) while it holds the job, max_attempts times

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import make_url, text
 
-from daemon.db import DbTimeouts, make_engine, translate_outages
-from engines.errors import RetryableError
+from deepsift.daemon.db import DbTimeouts, make_database, translate_outages
+from deepsift.engines.errors import RetryableError
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -240,8 +240,8 @@ def test_readiness_turns_false_while_the_database_or_the_broker_is_silent_and_ba
 
 def test_postgres_connections_carry_the_statement_timeout_and_keepalives(postgres_url):
     # Given the daemon's engine (timeouts from settings) and the default one (migrations: no statement limit)
-    daemon_engine = make_engine(postgres_url, DbTimeouts(connect_s=3, statement_s=0.5))
-    default_engine = make_engine(postgres_url)
+    daemon_engine = make_database(postgres_url, DbTimeouts(connect_s=3, statement_s=0.5))
+    default_engine = make_database(postgres_url)
     try:
         with daemon_engine.connect() as connection:
             # Then the server applies the statement timeout, and libpq got the connect timeout and keepalives

@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
-from daemon.records import EngineIdentity, VerdictRecord
-from daemon.repository import SavedVerdict, VerdictRepository
-from engines.manifest import Calibration, EngineManifest
+from deepsift.daemon.records import EngineIdentity, VerdictRecord
+from deepsift.daemon.repository import SavedVerdict, VerdictRepository
+from deepsift.engines.manifest import Calibration, EngineManifest
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from daemon.db import make_engine
-from engines.store import EngineStore
+from deepsift.daemon.db import make_database
+from deepsift.engines.store import EngineStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,7 +44,7 @@ def _run_daemon(
 
 
 def _verdicts(database_url: str, folder: Path) -> dict[str, dict]:
-    engine = make_engine(database_url)
+    engine = make_database(database_url)
     try:
         with engine.connect() as c:
             rows = c.execute(
@@ -57,7 +57,7 @@ def _verdicts(database_url: str, folder: Path) -> dict[str, dict]:
 
 
 def _count(database_url: str, table: str, verdict_id: int) -> int:
-    engine = make_engine(database_url)
+    engine = make_database(database_url)
     try:
         with engine.connect() as c:
             return c.execute(text(f"SELECT COUNT(*) FROM {table} WHERE verdict_id = :v"), {"v": verdict_id}).scalar()
@@ -155,7 +155,7 @@ def test_scan_gives_every_path_a_verdict_goes_on_past_bad_paths_and_exits_2(data
     judged = {n for n in truth if truth[n] in ("real", "fake")}
     assert {n: codes[n][0] for n in judged} == dict.fromkeys(judged, "ok")
     # /dev/null, named, has its verdict too (a device is never opened)
-    engine = make_engine(database_url)
+    engine = make_database(database_url)
     with engine.connect() as c:
         null = c.execute(text("SELECT status, code FROM verdicts WHERE media_uri = 'file:///dev/null'")).one()
     engine.dispose()
@@ -198,13 +198,13 @@ def test_rescan_is_idempotent_and_a_new_engine_adds_history(database_url, demo_s
     # When a new engine version is promoted (a copy of v1 as v2), a second verdict is added
     store = EngineStore(tmp_path / "engines2")
     shutil.copytree(demo_store.root, store.root, symlinks=True)
-    from engines.manifest import EngineManifest
+    from deepsift.engines.manifest import EngineManifest
 
     v1 = demo_store.resolve("demo")
     store.add(EngineManifest.read(v1), v1 / "model.onnx")
     store.promote("demo", 2)
     assert _run_daemon(database_url, store, "scan", str(target)).returncode == 0
-    engine = make_engine(database_url)
+    engine = make_database(database_url)
     with engine.connect() as c:
         versions = (
             c.execute(

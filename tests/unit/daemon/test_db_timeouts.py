@@ -12,10 +12,10 @@ import time
 import pytest
 from sqlalchemy import make_url
 
-from daemon.db import DbTimeouts, make_engine
-from daemon.repository import VerdictRepository
-from daemon.stream.probes import DatabaseCheck
-from engines.errors import RetryableError
+from deepsift.daemon.db import DbTimeouts, make_database
+from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.stream.probes import DatabaseCheck
+from deepsift.engines.errors import RetryableError
 
 
 def test_libpq_gets_timeouts_and_keepalives_and_the_url_may_override_them():
@@ -43,7 +43,7 @@ def test_a_silent_server_makes_connecting_fail_within_the_connect_timeout_as_an_
     # Given a "server" that accepts connections and never says a word
     with socket.create_server(("127.0.0.1", 0)) as silent:
         url = f"postgresql+psycopg://postgres@127.0.0.1:{silent.getsockname()[1]}/test"
-        engine = make_engine(url, DbTimeouts(connect_s=2))
+        engine = make_database(url, DbTimeouts(connect_s=2))
         try:
             # When the repository pings it
             started = time.monotonic()
@@ -56,7 +56,7 @@ def test_a_silent_server_makes_connecting_fail_within_the_connect_timeout_as_an_
 
 
 def test_the_database_probe_works_on_sqlite_where_there_is_no_socket_to_abort(tmp_path):
-    check = DatabaseCheck(make_engine(f"sqlite:///{tmp_path / 'probe.db'}"))
+    check = DatabaseCheck(make_database(f"sqlite:///{tmp_path / 'probe.db'}"))
     try:
         check.check()
         check.abort()  # nothing in progress, nothing to cut

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.engine_watch import EngineWatcher, FaceDetectors
-from daemon.pipeline import MediaJob, PreparedMedia
-from engines.backends import LoadedEngine, load_engine
-from engines.errors import EngineError, RetryableError
-from engines.manifest import EngineManifest
-from engines.store import EngineStore
+from deepsift.daemon.engine_watch import EngineWatcher, FaceDetectors
+from deepsift.daemon.pipeline import MediaJob, PreparedMedia
+from deepsift.engines.backends import LoadedEngine, load_engine
+from deepsift.engines.errors import EngineError, RetryableError
+from deepsift.engines.manifest import EngineManifest
+from deepsift.engines.store import EngineStore
 
 NAME = "tiny-full"
 
@@ -186,7 +186,7 @@ class _Detector:
 
 
 def test_face_detectors_are_made_once_per_confidence_floor(monkeypatch, store):
-    monkeypatch.setattr("daemon.engine_watch.MtcnnFaceDetector", _Detector)
+    monkeypatch.setattr("deepsift.daemon.engine_watch.MtcnnFaceDetector", _Detector)
     full = EngineManifest.read(store.path(NAME, 1))
 
     def face(confidence: float) -> EngineManifest:
@@ -201,7 +201,7 @@ def test_face_detectors_are_made_once_per_confidence_floor(monkeypatch, store):
 
 def test_a_load_that_fails_for_another_reason_than_the_engine_is_retried_later(store, monkeypatch):
     # Given a watcher serving v1, and v2 promoted while loading it runs out of memory once
-    import daemon.engine_watch as engine_watch
+    import deepsift.daemon.engine_watch as engine_watch
 
     watcher, _ = _watcher(store)
     _add(store)

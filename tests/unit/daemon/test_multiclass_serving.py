@@ -12,17 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
-from daemon.db import make_engine, upgrade_database
-from daemon.pipeline import JudgeConfig
-from daemon.repository import VerdictRepository
-from daemon.scan import run_scan
-from engines.aggregate import AggregationRule
-from engines.backends import LoadedEngine, load_engine
-from engines.media import write_video
-from engines.models import build_detector
-from engines.recipes import load_recipe
-from engines.store import EngineStore
-from trainer.build import build_engine
+from deepsift.daemon.db import make_database, upgrade_database
+from deepsift.daemon.pipeline import JudgeConfig
+from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.scan import run_scan
+from deepsift.engines.aggregate import AggregationRule
+from deepsift.engines.backends import LoadedEngine, load_engine
+from deepsift.engines.media import write_video
+from deepsift.engines.models import build_detector
+from deepsift.engines.recipes import load_recipe
+from deepsift.engines.store import EngineStore
+from deepsift.trainer.build import build_engine
 
 CONFIG = JudgeConfig(
     frames_per_video=4,
@@ -53,7 +53,7 @@ def media(tmp_path: Path) -> Path:
 def scan(media: Path, engine: LoadedEngine, config: JudgeConfig, tmp_path: Path) -> tuple[list, VerdictRepository]:
     url = f"sqlite:///{tmp_path / 'verdicts.db'}"
     upgrade_database(url)
-    repository = VerdictRepository(make_engine(url))
+    repository = VerdictRepository(make_database(url))
     return list(run_scan([media], engine, repository, config)), repository
 
 

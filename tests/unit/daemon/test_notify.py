@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon import notify
+from deepsift.daemon import notify
 
 
 class NotifyListener:

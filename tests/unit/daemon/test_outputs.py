@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.outputs import RegionScores, mask_records, media_class_probs, media_label, region_scores
-from daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, Region, verdict
-from engines.aggregate import AggregationRule
-from engines.backends import EngineOutputs
-from engines.manifest import BackendSpec, Calibration, EngineManifest, OutputSpec
-from engines.preprocess import InputContract
-from engines.recipes import TaskSpec
+from deepsift.daemon.outputs import RegionScores, mask_records, media_class_probs, media_label, region_scores
+from deepsift.daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, Region, verdict
+from deepsift.engines.aggregate import AggregationRule
+from deepsift.engines.backends import EngineOutputs
+from deepsift.engines.manifest import BackendSpec, Calibration, EngineManifest, OutputSpec
+from deepsift.engines.preprocess import InputContract
+from deepsift.engines.recipes import TaskSpec
 
 MULTICLASS = TaskSpec(kind="multiclass", class_names=("real", "synthetic", "tampered"), masks=True)
 CONFIG = JudgeConfig(

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, infer, prepare, verdict
-from daemon.scan import _DONE, _batches, expand_paths
-from engines.aggregate import AggregationRule
-from engines.backends import LoadedEngine, load_engine
-from engines.budgets import MediaBudget
-from engines.faces import MtcnnFaceDetector, iou
-from engines.media import write_video
+from deepsift.daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, infer, prepare, verdict
+from deepsift.daemon.scan import _DONE, _batches, expand_paths
+from deepsift.engines.aggregate import AggregationRule
+from deepsift.engines.backends import LoadedEngine, load_engine
+from deepsift.engines.budgets import MediaBudget
+from deepsift.engines.faces import MtcnnFaceDetector, iou
+from deepsift.engines.media import write_video
 
 CONFIG = JudgeConfig(
     frames_per_video=8,

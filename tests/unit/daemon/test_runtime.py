@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.runtime import judge_config, start_decoder
-from daemon.settings import Settings
-from engines.budgets import MediaBudget
-from engines.errors import DeepsiftError
+from deepsift.daemon.runtime import judge_config, start_decoder
+from deepsift.daemon.settings import Settings
+from deepsift.engines.budgets import MediaBudget
+from deepsift.engines.errors import DeepsiftError
 
 
 def test_auto_on_a_cpu_device_decodes_with_pyav() -> None:
@@ -26,7 +26,7 @@ def test_the_judge_settings_carry_the_chosen_decoder_and_the_masks_setting() -> 
 
 def test_auto_falls_back_to_pyav_when_the_dali_worker_cannot_start(monkeypatch) -> None:
     # Given a machine where DALI looks usable, but its worker fails to start (say, a driver too old for it)
-    from engines import dali
+    from deepsift.engines import dali
 
     monkeypatch.setattr(dali, "choose_decoder", lambda requested, device: "dali")
 

@@ -16,16 +16,16 @@ from PIL import Image
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
-from daemon.db import make_engine, upgrade_database
-from daemon.pipeline import JudgeConfig, verdict
-from daemon.records import VerdictRecord
-from daemon.repository import SavedVerdict, VerdictRepository
-from daemon.scan import ScanEntry, ScanFailed, exit_code, run_scan, scan_job
-from daemon.table import VerdictTable
-from engines.aggregate import AggregationRule
-from engines.backends import LoadedEngine, load_engine
-from engines.errors import RetryableError
-from engines.media import write_video
+from deepsift.daemon.db import make_database, upgrade_database
+from deepsift.daemon.pipeline import JudgeConfig, verdict
+from deepsift.daemon.records import VerdictRecord
+from deepsift.daemon.repository import SavedVerdict, VerdictRepository
+from deepsift.daemon.scan import ScanEntry, ScanFailed, exit_code, run_scan, scan_job
+from deepsift.daemon.table import VerdictTable
+from deepsift.engines.aggregate import AggregationRule
+from deepsift.engines.backends import LoadedEngine, load_engine
+from deepsift.engines.errors import RetryableError
+from deepsift.engines.media import write_video
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,7 +47,7 @@ def engine(full_frame_store) -> LoadedEngine:
 def database(tmp_path: Path) -> Iterator[Engine]:
     url = f"sqlite:///{tmp_path / 'verdicts.db'}"
     upgrade_database(url)
-    db = make_engine(url)
+    db = make_database(url)
     yield db
     db.dispose()
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.pipeline import MediaJob, PreparedMedia
-from daemon.scan import (
+from deepsift.daemon.pipeline import MediaJob, PreparedMedia
+from deepsift.daemon.scan import (
     _DONE,
     ScanEntry,
     _batches,

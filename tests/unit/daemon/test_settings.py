@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from daemon.settings import CONFIG_FILE_ENV, Settings
+from deepsift.daemon.settings import CONFIG_FILE_ENV, Settings
 
 
 @pytest.fixture(autouse=True)
@@ -58,3 +58,32 @@ def test_unknown_key_in_toml_file_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv(CONFIG_FILE_ENV, str(config))
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_a_misspelt_variable_is_reported_with_the_setting_it_likely_meant() -> None:
+    from deepsift.daemon.settings import unknown_variables
+
+    environ = {
+        "DEEPSIFT_DATABSE_URL": "sqlite://",  # a typo
+        "DEEPSIFT_DATABASE_URL": "sqlite://",  # a setting
+        "DEEPSIFT_CONFIG_FILE": "x.toml",  # read beside the settings
+        "DEEPSIFT_TEST_POSTGRES_URL": "postgresql://",  # the tests'
+        "DEEPSIFT_NOTHING_LIKE_IT": "1",
+        "HOME": "/root",
+    }
+    assert unknown_variables(environ) == [
+        ("DEEPSIFT_DATABSE_URL", "DEEPSIFT_DATABASE_URL"),
+        ("DEEPSIFT_NOTHING_LIKE_IT", None),
+    ]
+
+
+def test_daemon_logs_unknown_variables_at_start_up(monkeypatch, capsys, tmp_path) -> None:
+    from deepsift.daemon.cli import main
+
+    monkeypatch.setenv("DEEPSIFT_FRAMES_PER_VIDOE", "8")
+    monkeypatch.setenv("DEEPSIFT_DATABASE_URL", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    assert main(["db", "upgrade"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        "unknown_setting_variable" in err and "DEEPSIFT_FRAMES_PER_VIDOE" in err and "DEEPSIFT_FRAMES_PER_VIDEO" in err
+    )

@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from daemon.pipeline import JudgeConfig, MediaJob, prepare
-from engines.aggregate import AggregationRule
-from engines.backends import load_engine
-from engines.models import build_detector
-from engines.preprocess import preprocess_image
-from engines.recipes import load_recipe
-from engines.store import EngineStore
-from trainer.build import build_onnx_engine
+from deepsift.daemon.pipeline import JudgeConfig, MediaJob, prepare
+from deepsift.engines.aggregate import AggregationRule
+from deepsift.engines.backends import load_engine
+from deepsift.engines.models import build_detector
+from deepsift.engines.preprocess import preprocess_image
+from deepsift.engines.recipes import load_recipe
+from deepsift.engines.store import EngineStore
+from deepsift.trainer.build import build_onnx_engine
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from daemon.settings import Settings
+from deepsift.daemon.settings import Settings
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
 OVERLAYS = {"base": DEPLOY / "k8s" / "base", "gpu": DEPLOY / "k8s" / "overlays" / "gpu"}
@@ -50,13 +50,13 @@ def cli_has(build_parser: Callable[[], Any], *words: str) -> bool:
 
 
 def daemon_has(*words: str) -> bool:
-    from daemon.cli import build_parser
+    from deepsift.daemon.cli import build_parser
 
     return cli_has(build_parser, *words)
 
 
 def trainer_has(*words: str) -> bool:
-    from trainer.cli import build_parser
+    from deepsift.trainer.cli import build_parser
 
     return cli_has(build_parser, *words)
 

@@ -37,15 +37,18 @@ def test_image_is_built_on_nvidia_cuda_with_the_gpu_extra():
     default_base = re.search(r"^ARG CUDA_IMAGE=(\S+)$", CONTAINERFILE.read_text(), flags=re.MULTILINE)[1]
     assert last("FROM") == "${CUDA_IMAGE}" and re.match(r"(docker\.io/)?nvidia/cuda:\S+", default_base)
     runs = " ".join(args for instruction, args in instructions() if instruction == "RUN")
-    assert "pip install -e '/opt/deepsift/src[gpu]'" in runs
+    assert "pip install '/opt/deepsift/src[gpu]'" in runs and "pip install -e" not in runs  # a regular install
+    assert "rm -rf /opt/deepsift/src" in runs  # the image runs without a source tree
     assert image_env()["NVIDIA_DRIVER_CAPABILITIES"].split(",") == ["compute", "utility", "video"]
 
 
 def test_image_copies_every_package_and_the_migrations():
     copied = {source for instruction, args in instructions() if instruction == "COPY" for source in args.split()[:-1]}
     pyproject = (ROOT / "pyproject.toml").read_text()
-    packages = re.search(r"include = \[(.*?)\]", pyproject)[1]
-    needed = {name.strip('" *') for name in packages.split(",")} | {"alembic", "alembic.ini", "pyproject.toml"}
+    package_dirs = re.search(r"\[tool\.setuptools\.package-dir\]\n(.*?)\n\n", pyproject, flags=re.DOTALL)[1]
+    folders = {line.split("=")[1].strip(' "') for line in package_dirs.splitlines()}
+    assert folders == {"engines", "daemon", "trainer", "alembic"}
+    needed = folders | {"pyproject.toml", "README.md"}
     assert needed <= copied
     assert all((ROOT / path).exists() for path in copied)
 
@@ -79,7 +82,7 @@ def test_healthcheck_probes_the_daemons_port(run_settings):
 
 def test_healthcheck_script_is_healthy_only_while_the_daemon_answers(run_settings):
     # Given the daemon's health server on a free port, and the script pointed there by the daemon's own setting
-    health = pytest.importorskip("daemon.stream.health", reason="`daemon run` (issue 5) has not landed")
+    health = pytest.importorskip("deepsift.daemon.stream.health", reason="`daemon run` (issue 5) has not landed")
     server = health.HealthServer(health.Health(), lambda: b"", "127.0.0.1", 0).start()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSIFT_")} | {
         "DEEPSIFT_HEALTH_PORT": str(server.port)

@@ -14,7 +14,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from daemon.settings import Settings
+from deepsift.daemon.settings import Settings
 
 HERE = Path(__file__).resolve().parent
 BASE = HERE.parents[2] / "deploy" / "k8s" / "base"
@@ -143,7 +143,7 @@ def test_probes_and_scrape_use_the_daemons_health_port_and_paths(rendered, overl
 
 def test_the_daemons_health_server_answers_the_probe_paths():
     # Given the daemon's own health server on a free port
-    health = pytest.importorskip("daemon.stream.health", reason="`daemon run` (issue 5) has not landed")
+    health = pytest.importorskip("deepsift.daemon.stream.health", reason="`daemon run` (issue 5) has not landed")
     server = health.HealthServer(health.Health(), lambda: b"", "127.0.0.1", 0).start()
     try:
         # When the kubelet and Prometheus ask the paths the manifests name

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.settings import Settings
+from deepsift.daemon.settings import Settings
 
 SYSTEMD = Path(__file__).resolve().parents[3] / "deploy" / "systemd"
 UNITS = sorted(SYSTEMD.glob("*.service"))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines.media import write_video
+from deepsift.engines.media import write_video
 
 CLIP_WIDTH, CLIP_HEIGHT, CLIP_FPS = 160, 96, 25.0
 
@@ -130,6 +130,6 @@ def astronaut() -> np.ndarray:
 @pytest.fixture(scope="session")
 def mtcnn_detector():
     """One MTCNN for the whole session: building it loads three networks."""
-    from engines.faces import MtcnnFaceDetector
+    from deepsift.engines.faces import MtcnnFaceDetector
 
     return MtcnnFaceDetector()

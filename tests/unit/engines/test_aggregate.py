@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engines.aggregate import RULES, AggregationRule, ScoredItem, aggregate
+from deepsift.engines.aggregate import RULES, AggregationRule, ScoredItem, aggregate
 
 SCORES = [0.1, 0.9, 0.3, 0.7, 0.5]  # sorted: 0.1 0.3 0.5 0.7 0.9
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from torch import nn
 
-from engines.backends import BACKENDS, BackendOptions, load_engine
-from engines.backends.torch_backend import TorchBackend, save_pt2
-from engines.errors import EngineError
-from engines.manifest import BackendSpec, BatchRange, EngineManifest, OutputSpec, sha256_file
-from engines.recipes import TaskSpec, load_recipe
+from deepsift.engines.backends import BACKENDS, BackendOptions, load_engine
+from deepsift.engines.backends.torch_backend import TorchBackend, save_pt2
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import BackendSpec, BatchRange, EngineManifest, OutputSpec, sha256_file
+from deepsift.engines.recipes import TaskSpec, load_recipe
 
 INPUT = load_recipe("demo-tiny").input.model_copy(update={"size": 16})
 SIZE = INPUT.size

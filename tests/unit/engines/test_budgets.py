@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.budgets import DECODER_THREAD_BYTES, MediaBudget, decoder_threads, detection_size
-from engines.dali import DaliDecoder, DaliSettings
-from engines.errors import MediaError
-from engines.media import MediaFacts, decode_sampled, write_video
+from deepsift.engines.budgets import DECODER_THREAD_BYTES, MediaBudget, decoder_threads, detection_size
+from deepsift.engines.dali import DaliDecoder, DaliSettings
+from deepsift.engines.errors import MediaError
+from deepsift.engines.media import MediaFacts, decode_sampled, write_video
 
 
 def video(width: int, height: int, frames: int | None = 100, duration_s: float | None = 4.0) -> MediaFacts:

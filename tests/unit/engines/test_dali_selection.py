@@ -20,10 +20,10 @@ import av
 import numpy as np
 import pytest
 
-from engines import dali
-from engines.dali import DaliDecoder, DaliSettings, choose_decoder, route_media
-from engines.errors import DeepsiftError, MediaError
-from engines.media import DECODERS, decode_sampled, probe_timing, sample_frame_indices, write_video
+from deepsift.engines import dali
+from deepsift.engines.dali import DaliDecoder, DaliSettings, choose_decoder, route_media
+from deepsift.engines.errors import DeepsiftError, MediaError
+from deepsift.engines.media import DECODERS, decode_sampled, probe_timing, sample_frame_indices, write_video
 
 ROOT = Path(__file__).resolve().parents[3]
 W, H, FPS = 160, 96, 25.0

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from engines.models import DETECTORS, build_detector
-from engines.models.lora import LoraAttention, lora_layers
-from engines.models.outputs import fake_logit_from_class_logits
-from engines.models.siglip_multitask import MaskDecoder
-from engines.recipes import MaskDecoderSpec, Recipe, load_recipe, recipe_names
+from deepsift.engines.models import DETECTORS, build_detector
+from deepsift.engines.models.lora import LoraAttention, lora_layers
+from deepsift.engines.models.outputs import fake_logit_from_class_logits
+from deepsift.engines.models.siglip_multitask import MaskDecoder
+from deepsift.engines.recipes import MaskDecoderSpec, Recipe, load_recipe, recipe_names
 
 
 def tiny_recipe(detector: str) -> Recipe:

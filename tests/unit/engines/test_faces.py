@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.faces import (
+from deepsift.engines.faces import (
     MAX_FACES_PER_FRAME,
     FaceBox,
     MtcnnFaceDetector,
@@ -20,7 +20,7 @@ from engines.faces import (
     iou,
     square_crop,
 )
-from engines.media import SampledFrame, decode_sampled, write_video
+from deepsift.engines.media import SampledFrame, decode_sampled, write_video
 
 
 def _box(x0: float, y0: float, x1: float, y1: float, confidence: float = 0.99) -> FaceBox:

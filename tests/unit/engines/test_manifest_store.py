@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from engines.errors import EngineError
-from engines.manifest import (
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import (
     MANIFEST_FILE,
     BackendSpec,
     BatchRange,
@@ -28,9 +28,9 @@ from engines.manifest import (
     OutputSpec,
     sha256_file,
 )
-from engines.preprocess import InputContract
-from engines.recipes import TaskSpec
-from engines.store import CURRENT, HISTORY_FILE, EngineStore
+from deepsift.engines.preprocess import InputContract
+from deepsift.engines.recipes import TaskSpec
+from deepsift.engines.store import CURRENT, HISTORY_FILE, EngineStore
 
 
 def make_manifest(name: str = "demo", **fields: object) -> EngineManifest:

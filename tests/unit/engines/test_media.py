@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines import media
-from engines.budgets import MediaBudget
-from engines.errors import MediaError
-from engines.media import DECODERS, decode_sampled, probe, sample_frame_indices, should_seek, write_video
+from deepsift.engines import media
+from deepsift.engines.budgets import MediaBudget
+from deepsift.engines.errors import MediaError
+from deepsift.engines.media import DECODERS, decode_sampled, probe, sample_frame_indices, should_seek, write_video
 
 ALWAYS_SEEK, NEVER_SEEK = 1, 10**9
 
@@ -404,9 +404,9 @@ def jpeg_13000(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 _PEAK_RSS = """
 import sys, warnings
-from engines.budgets import MediaBudget
-from engines.errors import MediaError
-from engines.media import decode_sampled
+from deepsift.engines.budgets import MediaBudget
+from deepsift.engines.errors import MediaError
+from deepsift.engines.media import decode_sampled
 warnings.simplefilter("ignore")
 budget = MediaBudget(max_image_pixels=int(sys.argv[2]), frame_budget_bytes=int(sys.argv[3]))
 try:

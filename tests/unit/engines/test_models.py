@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from engines.errors import EngineError
-from engines.models import DETECTORS, build_detector
-from engines.models.backbones import build_image_tower, load_tower_weights, set_trainable_blocks, tower_blocks
-from engines.models.siglip_binary import SiglipBinaryDetector
-from engines.recipes import Recipe, load_recipe, recipe_names
+from deepsift.engines.errors import EngineError
+from deepsift.engines.models import DETECTORS, build_detector
+from deepsift.engines.models.backbones import build_image_tower, load_tower_weights, set_trainable_blocks, tower_blocks
+from deepsift.engines.models.siglip_binary import SiglipBinaryDetector
+from deepsift.engines.recipes import Recipe, load_recipe, recipe_names
 
 TINY = load_recipe("demo-tiny")
 SIZE = TINY.input.size

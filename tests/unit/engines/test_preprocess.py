@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.preprocess import InputContract, fit_to_square, preprocess_batch, preprocess_image
+from deepsift.engines.preprocess import InputContract, fit_to_square, preprocess_batch, preprocess_image
 
 H, W, SIZE = 120, 200, 64
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -237,7 +237,7 @@ def test_device_tensors_give_a_batch_on_their_device(bands: np.ndarray) -> None:
 
 
 def test_square_crop_of_a_tensor_equals_the_numpy_crop_and_stays_on_its_device(bands: np.ndarray) -> None:
-    from engines.faces import FaceBox, square_crop
+    from deepsift.engines.faces import FaceBox, square_crop
 
     # Given a box reaching past the top-left corner, so the crop is partly black padding
     box = FaceBox(-10.0, -5.0, 40.0, 60.0, 0.99)
@@ -251,7 +251,7 @@ def test_square_crop_of_a_tensor_equals_the_numpy_crop_and_stays_on_its_device(b
 def test_mtcnn_finds_the_same_faces_in_tensors_as_in_arrays() -> None:
     from skimage import data
 
-    from engines.faces import MtcnnFaceDetector
+    from deepsift.engines.faces import MtcnnFaceDetector
 
     # Given the astronaut portrait as a numpy array and as a tensor (the GPU decoder's frame type)
     detector = MtcnnFaceDetector()

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-import engines.recipes as recipes
-from engines.models import DETECTORS
-from engines.recipes import RECIPE_DIR, Recipe, load_recipe, recipe_names
+import deepsift.engines.recipes as recipes
+from deepsift.engines.models import DETECTORS
+from deepsift.engines.recipes import RECIPE_DIR, Recipe, load_recipe, recipe_names
 
 SHIPPED = recipe_names()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engines.registry import Registry
+from deepsift.engines.registry import Registry
 
 
 def test_register_returns_the_entry_and_makes_it_gettable() -> None:

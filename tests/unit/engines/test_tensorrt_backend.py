@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from engines.backends import BACKENDS, load_engine
-from engines.backends.tensorrt import (
+from deepsift.engines.backends import BACKENDS, load_engine
+from deepsift.engines.backends.tensorrt import (
     check_plan_compatible,
     compute_capability_string,
     device_input,
     require_tensorrt,
     torch_dtype,
 )
-from engines.errors import EngineError
-from engines.manifest import BackendSpec, EngineManifest, sha256_file
-from engines.recipes import load_recipe
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import BackendSpec, EngineManifest, sha256_file
+from deepsift.engines.recipes import load_recipe
 
 ROOT = Path(__file__).resolve().parents[3]
 BUILT_WITH, BUILT_FOR = "10.3.0", "9.0"
@@ -130,7 +130,7 @@ def test_other_inputs_are_copied_to_a_contiguous_tensor_of_the_engine_dtype() ->
 
 
 def test_a_plan_runs_on_the_daemons_cuda_device_when_it_names_one() -> None:
-    from engines.backends.tensorrt import cuda_device
+    from deepsift.engines.backends.tensorrt import cuda_device
 
     assert cuda_device("cuda:1") == torch.device("cuda", 1)
     assert cuda_device("cuda").type == "cuda" and cuda_device("cpu").type == "cuda"

@@ -9,10 +9,10 @@ import typing
 
 import pytest
 
-from engines.manifest import BackendSpec
-from trainer.artifacts import BACKEND_BUILDS, PRECISIONS, backend_build, buildable_precisions
-from trainer.build import PARITY_TOLERANCES
-from trainer.cli import build_parser
+from deepsift.engines.manifest import BackendSpec
+from deepsift.trainer.artifacts import BACKEND_BUILDS, PRECISIONS, backend_build, buildable_precisions
+from deepsift.trainer.build import PARITY_TOLERANCES
+from deepsift.trainer.cli import build_parser
 
 
 def choices(command: str, option: str) -> list[str]:

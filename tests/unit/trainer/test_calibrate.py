@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.isotonic import IsotonicRegression
 
-from engines.manifest import Calibration
-from trainer.calibrate import (
+from deepsift.engines.manifest import Calibration
+from deepsift.trainer.calibrate import (
     brier_score,
     calibrate,
     expected_calibration_error,

@@ -11,12 +11,12 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from engines.faces import FaceBox, square_crop
-from engines.media import decode_sampled, sample_frame_indices, write_video
-from engines.preprocess import preprocess_image
-from engines.recipes import AugmentSpec, load_recipe
-from trainer.augment import Augmenter
-from trainer.data import (
+from deepsift.engines.faces import FaceBox, square_crop
+from deepsift.engines.media import decode_sampled, sample_frame_indices, write_video
+from deepsift.engines.preprocess import preprocess_image
+from deepsift.engines.recipes import AugmentSpec, load_recipe
+from deepsift.trainer.augment import Augmenter
+from deepsift.trainer.data import (
     ManifestDataset,
     ManifestRow,
     class_index,
@@ -26,7 +26,7 @@ from trainer.data import (
     relabel,
     write_manifest,
 )
-from trainer.prepare import prepare
+from deepsift.trainer.prepare import prepare
 
 ROWS = [
     ManifestRow(path="a.png", label="real", split="train", video_id="v1", face_description="a face"),

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from engines.manifest import BackendSpec, EngineManifest
-from engines.store import EngineStore
-from trainer.cli import main
+from deepsift.engines.manifest import BackendSpec, EngineManifest
+from deepsift.engines.store import EngineStore
+from deepsift.trainer.cli import main
 
 
 @pytest.fixture

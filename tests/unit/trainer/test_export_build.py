@@ -15,15 +15,21 @@ import pytest
 import torch
 from torch import nn
 
-from engines.backends import LoadedEngine, load_engine
-from engines.errors import EngineError
-from engines.manifest import MANIFEST_FILE, BatchRange, Calibration, EngineManifest, sha256_file
-from engines.models import build_detector
-from engines.models.outputs import DetectorOutput
-from engines.recipes import load_recipe
-from engines.store import EngineStore
-from trainer.build import FP32_PARITY_TOLERANCE, PARITY_TOLERANCES, build_engine, build_onnx_engine, check_parity
-from trainer.export import ONNX_OPSET, golden_batch, weights_sha256
+from deepsift.engines.backends import LoadedEngine, load_engine
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import MANIFEST_FILE, BatchRange, Calibration, EngineManifest, sha256_file
+from deepsift.engines.models import build_detector
+from deepsift.engines.models.outputs import DetectorOutput
+from deepsift.engines.recipes import load_recipe
+from deepsift.engines.store import EngineStore
+from deepsift.trainer.build import (
+    FP32_PARITY_TOLERANCE,
+    PARITY_TOLERANCES,
+    build_engine,
+    build_onnx_engine,
+    check_parity,
+)
+from deepsift.trainer.export import ONNX_OPSET, golden_batch, weights_sha256
 
 RECIPE = load_recipe("demo-tiny")
 SIZE = RECIPE.input.size
@@ -347,7 +353,7 @@ def fake_build_plan(monkeypatch: pytest.MonkeyPatch) -> list[PlanCall]:
     and writes a plan file."""
     import onnx
 
-    from trainer import tensorrt_build
+    from deepsift.trainer import tensorrt_build
 
     calls: list[PlanCall] = []
 
@@ -368,11 +374,13 @@ def test_a_tensorrt_build_hands_the_onnx_export_to_build_plan_and_records_its_ve
 ) -> None:
     # Given build_plan faked, and the plan's outputs on the golden batch faked as the detector's own (the TensorRT
     # backend cannot run here)
-    import trainer.build
+    import deepsift.trainer.build
 
     model = ExportDiffers(0.0)
     monkeypatch.setattr(
-        trainer.build, "candidate_outputs", lambda manifest, artifact, golden, device: outputs_of(model, golden)
+        deepsift.trainer.build,
+        "candidate_outputs",
+        lambda manifest, artifact, golden, device: outputs_of(model, golden),
     )
     store = EngineStore(tmp_path / "engines")
 

@@ -20,16 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engines.backends import BackendOptions, LoadedEngine, load_engine
-from engines.backends.torch_backend import TorchBackend
-from engines.errors import EngineError
-from engines.manifest import BatchRange
-from engines.models import DETECTORS, build_detector
-from engines.models.prototype import PrototypeDetector
-from engines.recipes import Recipe, load_recipe, recipe_names
-from engines.store import EngineStore
-from trainer.build import PARITY_TOLERANCES, build_engine, candidate_outputs, check_parity
-from trainer.export import golden_batch, reference_outputs
+from deepsift.engines.backends import BackendOptions, LoadedEngine, load_engine
+from deepsift.engines.backends.torch_backend import TorchBackend
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import BatchRange
+from deepsift.engines.models import DETECTORS, build_detector
+from deepsift.engines.models.prototype import PrototypeDetector
+from deepsift.engines.recipes import Recipe, load_recipe, recipe_names
+from deepsift.engines.store import EngineStore
+from deepsift.trainer.build import PARITY_TOLERANCES, build_engine, candidate_outputs, check_parity
+from deepsift.trainer.export import golden_batch, reference_outputs
 
 TINY = [name for name in recipe_names() if load_recipe(name).backbone.vision_cfg is not None]  # inline towers
 BATCH = BatchRange(min=1, opt=2, max=4)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from trainer.metrics import (
+from deepsift.trainer.metrics import (
     CostModel,
     MaskCounts,
     detection_cost,

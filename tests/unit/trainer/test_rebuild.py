@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from engines.backends import load_engine
-from engines.manifest import EngineManifest
-from engines.models import build_detector
-from engines.recipes import load_recipe
-from engines.store import EngineStore
-from trainer.cli import main
-from trainer.data import dataset_for
-from trainer.loop import FitOptions, fit
-from trainer.rebuild import engine_p_fake, fake_labels
+from deepsift.engines.backends import load_engine
+from deepsift.engines.manifest import EngineManifest
+from deepsift.engines.models import build_detector
+from deepsift.engines.recipes import load_recipe
+from deepsift.engines.store import EngineStore
+from deepsift.trainer.cli import main
+from deepsift.trainer.data import dataset_for
+from deepsift.trainer.loop import FitOptions, fit
+from deepsift.trainer.rebuild import engine_p_fake, fake_labels
 
 RECIPE = "demo-tiny"
 
@@ -27,8 +27,8 @@ RECIPE = "demo-tiny"
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of runs holding one real training run of the demo recipe on the offline forgery task."""
-    from trainer.demo import scene_factory
-    from trainer.synthetic import write_forgery_dataset
+    from deepsift.trainer.demo import scene_factory
+    from deepsift.trainer.synthetic import write_forgery_dataset
 
     data = write_forgery_dataset(
         tmp_path_factory.mktemp("forgery"), scene_factory(), {"train": 360, "val": 160}, seed=3

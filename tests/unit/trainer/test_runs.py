@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engines.errors import EngineError
-from engines.recipes import load_recipe
-from trainer.runs import RunFolder, newest_run, read_run
+from deepsift.engines.errors import EngineError
+from deepsift.engines.recipes import load_recipe
+from deepsift.trainer.runs import RunFolder, newest_run, read_run
 
 RECIPE = "demo-tiny"
 

@@ -13,12 +13,12 @@ import onnxruntime
 import pytest
 from onnx import TensorProto, helper
 
-from engines.errors import EngineError
-from engines.manifest import BatchRange
-from engines.models import build_detector
-from engines.recipes import load_recipe
-from trainer.export import INPUT_NAME, ONNX_OPSET, export_onnx, output_spec, trace
-from trainer.tensorrt_build import (
+from deepsift.engines.errors import EngineError
+from deepsift.engines.manifest import BatchRange
+from deepsift.engines.models import build_detector
+from deepsift.engines.recipes import load_recipe
+from deepsift.trainer.export import INPUT_NAME, ONNX_OPSET, export_onnx, output_spec, trace
+from deepsift.trainer.tensorrt_build import (
     TENSORRT_OPSETS,
     ProfileShapes,
     build_plan,

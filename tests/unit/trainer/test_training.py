@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from engines.models import build_detector
-from engines.models.backbones import build_clip
-from engines.recipes import Recipe, load_recipe
-from trainer.data import dataset_for, read_manifest, relabel, write_manifest
-from trainer.evaluate import evaluation_report, predict_dataset
-from trainer.fewshot import fit_prototypes, load_encoder
-from trainer.loop import FitOptions, fit
+from deepsift.engines.models import build_detector
+from deepsift.engines.models.backbones import build_clip
+from deepsift.engines.recipes import Recipe, load_recipe
+from deepsift.trainer.data import dataset_for, read_manifest, relabel, write_manifest
+from deepsift.trainer.evaluate import evaluation_report, predict_dataset
+from deepsift.trainer.fewshot import fit_prototypes, load_encoder
+from deepsift.trainer.loop import FitOptions, fit
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +39,8 @@ class Run:
 @pytest.fixture(scope="module")
 def forgery(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real / tampered (with masks) / synthetic face crops: 480 train, 120 val, 120 held-out test."""
-    from trainer.demo import scene_factory
-    from trainer.synthetic import write_forgery_dataset
+    from deepsift.trainer.demo import scene_factory
+    from deepsift.trainer.synthetic import write_forgery_dataset
 
     out = tmp_path_factory.mktemp("forgery")
     return write_forgery_dataset(out, scene_factory(), {"train": 480, "val": 120, "test": 120}, seed=0)
@@ -117,8 +117,8 @@ def test_the_few_shot_engine_meets_its_precision_constraint(forgery: Path, binar
 
 
 def test_the_few_shot_command_writes_a_finished_run(forgery: Path, tmp_path: Path) -> None:
-    from trainer.cli import main
-    from trainer.runs import read_run
+    from deepsift.trainer.cli import main
+    from deepsift.trainer.runs import read_run
 
     # When prototypes are fitted through the CLI
     assert main(["fewshot", "--recipe", "tiny-fewshot", "--data", str(forgery), "--out", str(tmp_path)]) == 0
@@ -130,7 +130,7 @@ def test_the_few_shot_command_writes_a_finished_run(forgery: Path, tmp_path: Pat
 
 
 def test_evaluate_writes_the_report_and_plots(forgery: Path, binary: Run, tmp_path: Path) -> None:
-    from trainer.cli import main
+    from deepsift.trainer.cli import main
 
     # When the binary run is evaluated on the test split through the CLI
     assert main(["evaluate", "--run", str(binary.out), "--data", str(forgery), "--out", str(tmp_path)]) == 0
@@ -179,7 +179,7 @@ def torchrun_fit(recipe: str, data: Path, out: Path, steps: int) -> subprocess.C
     """``trainer fit`` in two CPU processes started by torchrun (gloo)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-               "trainer.cli", "fit", "--recipe", recipe, "--data", str(data), "--out", str(out),
+               "deepsift.trainer.cli", "fit", "--recipe", recipe, "--data", str(data), "--out", str(out),
                "--max-steps", str(steps), "--workers", "0", "--no-progress"]  # fmt: skip
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 

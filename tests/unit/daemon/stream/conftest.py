@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, Region
-from daemon.stream.offsets import Ticket
-from daemon.stream.work import Envelope, Work
-from engines.aggregate import AggregationRule
+from deepsift.daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, Region
+from deepsift.daemon.stream.offsets import Ticket
+from deepsift.daemon.stream.work import Envelope, Work
+from deepsift.engines.aggregate import AggregationRule
 
 CONFIG = JudgeConfig(8, AggregationRule.parse("mean"), 0.1, "pyav", 10**8)
 

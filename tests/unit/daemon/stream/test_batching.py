@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from daemon.stream.batching import MicroBatcher, judge_batch
-from daemon.stream.metrics import StreamMetrics
-from engines.backends import load_engine
+from deepsift.daemon.stream.batching import MicroBatcher, judge_batch
+from deepsift.daemon.stream.metrics import StreamMetrics
+from deepsift.engines.backends import load_engine
 
 
 def _queue(*items) -> queue.Queue:
@@ -166,7 +166,7 @@ def test_an_engine_call_that_raises_fails_the_jobs_it_scored_not_the_stage(engin
     def broken_infer(*args, **kwargs):
         raise RuntimeError("engine exploded")
 
-    monkeypatch.setattr("daemon.stream.batching.infer", broken_infer)
+    monkeypatch.setattr("deepsift.daemon.stream.batching.infer", broken_infer)
     size = engine.manifest.input.size
     batch = [make_work(2, 0, size=size), make_work(0, 1, outcome=("error", "not_media", "t")), make_work(0, 2)]
     # When a batch is judged

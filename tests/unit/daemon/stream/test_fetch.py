@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.stream.fetch import (
+from deepsift.daemon.stream.fetch import (
     FetchPolicy,
     address_allowed,
     download,
@@ -26,8 +26,8 @@ from daemon.stream.fetch import (
     resolve_addresses,
     vet_url,
 )
-from daemon.stream.jobs import new_job
-from engines.errors import MediaError
+from deepsift.daemon.stream.jobs import new_job
+from deepsift.engines.errors import MediaError
 
 BODY = bytes(range(256)) * 4  # 1 KiB
 

@@ -13,9 +13,9 @@ import pytest
 from kafka.errors import KafkaError
 from structlog.testing import capture_logs
 
-from daemon.stream.health import Health, HealthServer
-from daemon.stream.metrics import StreamMetrics
-from daemon.stream.probes import BrokerCheck, Probe
+from deepsift.daemon.stream.health import Health, HealthServer
+from deepsift.daemon.stream.metrics import StreamMetrics
+from deepsift.daemon.stream.probes import BrokerCheck, Probe
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.stream.jobs import (
+from deepsift.daemon.stream.jobs import (
     InvalidJob,
     JobV1,
     encode_job,

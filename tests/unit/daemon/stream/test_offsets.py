@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.stream.offsets import OffsetLedger
+from deepsift.daemon.stream.offsets import OffsetLedger
 
 P0, P1 = ("jobs", 0), ("jobs", 1)
 

@@ -7,8 +7,8 @@ import base64
 import pytest
 from pydantic_core import from_json
 
-from daemon.records import EngineIdentity, VerdictRecord
-from daemon.stream.outbound import (
+from deepsift.daemon.records import EngineIdentity, VerdictRecord
+from deepsift.daemon.stream.outbound import (
     MAX_RECORD_BYTES,
     TRUNCATED_VALUE_BYTES,
     dead_letter,

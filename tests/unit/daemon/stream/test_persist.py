@@ -14,14 +14,14 @@ import pytest
 from kafka.errors import MessageSizeTooLargeError
 from sqlalchemy import Engine, text
 
-from daemon.db import make_engine, upgrade_database
-from daemon.records import EngineIdentity, VerdictRecord
-from daemon.repository import SavedVerdict, VerdictRepository
-from daemon.stream.metrics import StreamMetrics
-from daemon.stream.persist import PersistContext, persist
-from daemon.stream.retry import Abandoned, Backoff
-from daemon.stream.work import Judged
-from engines.errors import RetryableError
+from deepsift.daemon.db import make_database, upgrade_database
+from deepsift.daemon.records import EngineIdentity, VerdictRecord
+from deepsift.daemon.repository import SavedVerdict, VerdictRepository
+from deepsift.daemon.stream.metrics import StreamMetrics
+from deepsift.daemon.stream.persist import PersistContext, persist
+from deepsift.daemon.stream.retry import Abandoned, Backoff
+from deepsift.daemon.stream.work import Judged
+from deepsift.engines.errors import RetryableError
 
 ENGINE = EngineIdentity("tiny", 1, "ab" * 32)
 
@@ -160,7 +160,7 @@ def migrated_file(tmp_path_factory) -> Path:
 def database(migrated_file, tmp_path) -> Iterator[Engine]:
     path = tmp_path / "deepsift.db"
     shutil.copyfile(migrated_file, path)
-    engine = make_engine(f"sqlite:///{path}")
+    engine = make_database(f"sqlite:///{path}")
     with engine.begin() as connection:  # the database refuses some rows outright, as a constraint would
         connection.execute(text(
             "CREATE TRIGGER refuse BEFORE INSERT ON verdicts WHEN NEW.job_id LIKE 'refused-%' "

@@ -17,22 +17,22 @@ import pytest
 from PIL import Image
 from sqlalchemy import Engine
 
-from daemon.attempts import JobAttempts
-from daemon.db import make_engine, upgrade_database
-from daemon.engine_watch import FaceDetectors
-from daemon.pipeline import engine_identity
-from daemon.records import VerdictRecord
-from daemon.repository import VerdictRepository
-from daemon.stream.fetch import FetchPolicy
-from daemon.stream.jobs import encode_job, new_job
-from daemon.stream.metrics import StreamMetrics
-from daemon.stream.prepare import JobGuards, PrepareContext, prepare_message, prepare_worker
-from daemon.stream.retry import Abandoned
-from daemon.stream.work import STOP
-from engines.backends import LoadedEngine, load_engine
-from engines.errors import RetryableError
-from engines.manifest import sha256_file
-from engines.media import write_video
+from deepsift.daemon.attempts import JobAttempts
+from deepsift.daemon.db import make_database, upgrade_database
+from deepsift.daemon.engine_watch import FaceDetectors
+from deepsift.daemon.pipeline import engine_identity
+from deepsift.daemon.records import VerdictRecord
+from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.stream.fetch import FetchPolicy
+from deepsift.daemon.stream.jobs import encode_job, new_job
+from deepsift.daemon.stream.metrics import StreamMetrics
+from deepsift.daemon.stream.prepare import JobGuards, PrepareContext, prepare_message, prepare_worker
+from deepsift.daemon.stream.retry import Abandoned
+from deepsift.daemon.stream.work import STOP
+from deepsift.engines.backends import LoadedEngine, load_engine
+from deepsift.engines.errors import RetryableError
+from deepsift.engines.manifest import sha256_file
+from deepsift.engines.media import write_video
 
 MAX_FRAMES = 16
 MAX_ATTEMPTS = 3
@@ -91,7 +91,7 @@ def migrated_file(tmp_path_factory) -> Path:
 def database(migrated_file, tmp_path) -> Iterator[Engine]:
     path = tmp_path / "deepsift.db"
     shutil.copyfile(migrated_file, path)
-    engine = make_engine(f"sqlite:///{path}")
+    engine = make_database(f"sqlite:///{path}")
     yield engine
     engine.dispose()
 

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from daemon.stream.retry import Abandoned, Backoff, retry_forever
-from engines.errors import RetryableError
+from deepsift.daemon.stream.retry import Abandoned, Backoff, retry_forever
+from deepsift.engines.errors import RetryableError
 
 FAST = Backoff(initial_s=0.001, max_s=0.004)
 

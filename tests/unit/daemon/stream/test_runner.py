@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 from kafka import TopicPartition
 
-from daemon.settings import Settings
-from daemon.stream.health import Health
-from daemon.stream.metrics import StreamMetrics
-from daemon.stream.runner import Lifecycle, Services, StreamDaemon
-from daemon.stream.work import Completion
+from deepsift.daemon.settings import Settings
+from deepsift.daemon.stream.health import Health
+from deepsift.daemon.stream.metrics import StreamMetrics
+from deepsift.daemon.stream.runner import Lifecycle, Services, StreamDaemon
+from deepsift.daemon.stream.work import Completion
 
 TP = TopicPartition("jobs", 0)
 
@@ -138,7 +138,7 @@ def test_a_stalled_pipeline_stops_the_watchdog_and_liveness_until_a_job_finishes
     # Given a daemon whose stall timeout is short, with jobs taken but no stage finishing them (a hung decoder)
     import time
 
-    from daemon import notify
+    from deepsift.daemon import notify
 
     pings: list[float] = []
     monkeypatch.setattr(notify, "notify_watchdog", lambda: pings.append(time.monotonic()))

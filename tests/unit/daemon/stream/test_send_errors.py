@@ -12,8 +12,8 @@ from kafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from daemon.stream.consumer import send_and_wait
-from engines.errors import RetryableError
+from deepsift.daemon.stream.consumer import send_and_wait
+from deepsift.engines.errors import RetryableError
 
 
 class _Refusing:

@@ -8,11 +8,11 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from daemon.settings import Settings
-from daemon.stream.consumer import client_config
-from daemon.stream.jobs import encode_job, parse_job
-from daemon.stream.submit import SubmitOptions, jobs_for
-from engines.errors import DeepsiftError
+from deepsift.daemon.settings import Settings
+from deepsift.daemon.stream.consumer import client_config
+from deepsift.daemon.stream.jobs import encode_job, parse_job
+from deepsift.daemon.stream.submit import SubmitOptions, jobs_for
+from deepsift.engines.errors import DeepsiftError
 
 
 @pytest.fixture(autouse=True)
