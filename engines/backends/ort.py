@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from deepsift.engines.backends import BACKENDS, BackendOptions
+from deepsift.engines.backends.base import BACKENDS, BackendOptions
 from deepsift.engines.errors import EngineError
 from deepsift.engines.manifest import EngineManifest
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepsift.engines.backends import BACKENDS, BackendOptions
+from deepsift.engines.backends.base import BACKENDS, BackendOptions
 from deepsift.engines.errors import EngineError
 from deepsift.engines.manifest import EngineManifest
 
