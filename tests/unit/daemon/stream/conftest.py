@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import Engine
 
+from deepsift.daemon.db import make_database, upgrade_database
 from deepsift.daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, Region
 from deepsift.daemon.stream.offsets import Ticket
 from deepsift.daemon.stream.work import Envelope, Work
@@ -44,3 +49,21 @@ def make_envelope():
 @pytest.fixture
 def judge_config() -> JudgeConfig:
     return CONFIG
+
+
+@pytest.fixture(scope="module")
+def migrated_file(tmp_path_factory) -> Path:
+    """A SQLite database migrated once; each test works on its own copy (``sqlite_database``)."""
+    path = tmp_path_factory.mktemp("db") / "template.db"
+    upgrade_database(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture
+def sqlite_database(migrated_file, tmp_path) -> Iterator[Engine]:
+    """A real, migrated SQLite database of this test's own."""
+    path = tmp_path / "deepsift.db"
+    shutil.copyfile(migrated_file, path)
+    engine = make_database(f"sqlite:///{path}")
+    yield engine
+    engine.dispose()

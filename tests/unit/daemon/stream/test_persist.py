@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from kafka.errors import MessageSizeTooLargeError
 from sqlalchemy import Engine, text
 
-from deepsift.daemon.db import make_database, upgrade_database
 from deepsift.daemon.records import EngineIdentity, VerdictRecord
 from deepsift.daemon.repository import SavedVerdict, VerdictRepository
 from deepsift.daemon.stream.metrics import StreamMetrics
@@ -149,25 +145,15 @@ def test_a_verdict_the_database_refuses_becomes_a_stored_error_with_a_dead_lette
 # --- against a real SQLite database: what it refuses never ends the stage -------------------------------
 
 
-@pytest.fixture(scope="module")
-def migrated_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("db") / "template.db"
-    upgrade_database(f"sqlite:///{path}")
-    return path
-
-
 @pytest.fixture
-def database(migrated_file, tmp_path) -> Iterator[Engine]:
-    path = tmp_path / "deepsift.db"
-    shutil.copyfile(migrated_file, path)
-    engine = make_database(f"sqlite:///{path}")
+def database(sqlite_database) -> Engine:
+    engine = sqlite_database
     with engine.begin() as connection:  # the database refuses some rows outright, as a constraint would
         connection.execute(text(
             "CREATE TRIGGER refuse BEFORE INSERT ON verdicts WHEN NEW.job_id LIKE 'refused-%' "
             "BEGIN SELECT RAISE(ABORT, 'refused by the database'); END"
         ))  # fmt: skip
-    yield engine
-    engine.dispose()
+    return engine
 
 
 QUICK = Backoff(0.01, 0.02)

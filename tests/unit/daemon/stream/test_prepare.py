@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import queue
-import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ from PIL import Image
 from sqlalchemy import Engine
 
 from deepsift.daemon.attempts import JobAttempts
-from deepsift.daemon.db import make_database, upgrade_database
 from deepsift.daemon.engine_watch import FaceDetectors
 from deepsift.daemon.pipeline import engine_identity
 from deepsift.daemon.records import VerdictRecord
@@ -79,21 +76,9 @@ def manifest(engine):
     return engine.manifest
 
 
-@pytest.fixture(scope="module")
-def migrated_file(tmp_path_factory) -> Path:
-    """A SQLite database migrated once; each test works on its own copy."""
-    path = tmp_path_factory.mktemp("db") / "template.db"
-    upgrade_database(f"sqlite:///{path}")
-    return path
-
-
 @pytest.fixture
-def database(migrated_file, tmp_path) -> Iterator[Engine]:
-    path = tmp_path / "deepsift.db"
-    shutil.copyfile(migrated_file, path)
-    engine = make_database(f"sqlite:///{path}")
-    yield engine
-    engine.dispose()
+def database(sqlite_database) -> Engine:
+    return sqlite_database
 
 
 @pytest.fixture
