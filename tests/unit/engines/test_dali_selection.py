@@ -146,8 +146,8 @@ def test_engines_dali_imports_without_nvidia_dali_and_imports_nothing_heavy() ->
     # Given an interpreter where nvidia.dali cannot be imported
     code = (
         "import sys; sys.modules['nvidia'] = None; sys.modules['nvidia.dali'] = None\n"
-        "import engines.dali as d\n"
-        "from engines.media import DECODERS\n"
+        "import deepsift.engines.dali as d\n"
+        "from deepsift.engines.media import DECODERS\n"
         "assert {'auto', 'dali', 'pyav'} <= set(DECODERS.names())\n"
         "assert 'torch' not in sys.modules, 'importing engines.dali must not import torch'\n"
         "assert not d._dali_installed()\n"
