@@ -235,7 +235,7 @@ def _invalid(envelope: Envelope, error: InvalidJob, context: PrepareContext, eng
     """An error verdict for a message that is not a valid job, under its own id when it has a readable one."""
     ticket = envelope.ticket
     job_id = _safe_job_id(envelope)
-    url = _safe_field(envelope.value, "media_url")
+    url = readable_field(envelope.value, "media_url")
     uri = redact_url(url) if url else f"kafka:{ticket.topic}/{ticket.partition}/{ticket.offset}"
     stored = _stored_id(job_id, engine, context)
     if stored is not None:
@@ -250,25 +250,10 @@ def _invalid(envelope: Envelope, error: InvalidJob, context: PrepareContext, eng
 
 
 def _safe_job_id(envelope: Envelope) -> str:
-    """The message's own job id when it is readable and fit for SQL and Kafka keys, else one from its position."""
+    """The message's own job id when it is readable and fit for SQL and Kafka keys, else one from its position
+    (``readable_job_id`` never raises, whatever the bytes: this also names a message whose preparation failed)."""
     ticket = envelope.ticket
-    readable = _safe_field(envelope.value, "job_id", readable_job_id)
-    return readable or invalid_job_id(ticket.topic, ticket.partition, ticket.offset)
-
-
-def _safe_field(value: bytes | None, name: str, read: Callable[[bytes | None], str | None] | None = None) -> str | None:
-    """A field of a message that failed validation, or None when reading it fails too.
-
-    Crafted messages reach here: JSON nested deep enough to overflow the parser (RecursionError), a lone
-    surrogate escape that Python's JSON accepts but UTF-8 (SQL, Kafka keys) refuses. This also names the
-    error verdict of a message whose preparation failed unexpectedly, so nothing may escape it."""
-    try:
-        found = read(value) if read is not None else readable_field(value, name)
-        if found is not None:
-            found.encode()
-        return found
-    except Exception:
-        return None
+    return readable_job_id(envelope.value) or invalid_job_id(ticket.topic, ticket.partition, ticket.offset)
 
 
 def _failed(job: JobV1, code: str, detail: str, engine: LoadedEngine) -> PreparedMedia:
