@@ -44,8 +44,9 @@ from deepsift.daemon.scan import run_scan  # noqa: E402
 from deepsift.engines import dali  # noqa: E402
 from deepsift.engines.aggregate import AggregationRule  # noqa: E402
 from deepsift.engines.backends import BackendOptions, LoadedEngine, load_engine  # noqa: E402
+from deepsift.engines.decoders import DECODERS, Decoder, DecoderOptions, choose_decoder, open_decoder  # noqa: E402
 from deepsift.engines.faces import MtcnnFaceDetector  # noqa: E402
-from deepsift.engines.media import decode_sampled, write_video  # noqa: E402
+from deepsift.engines.media import write_video  # noqa: E402
 from deepsift.engines.store import EngineStore  # noqa: E402
 from deepsift.trainer.demo import scene_factory  # noqa: E402
 
@@ -119,10 +120,10 @@ def engine_only_rate(engine: LoadedEngine, device: str, videos: int) -> float:
     return videos * FRAMES / (time.perf_counter() - started)
 
 
-def end_to_end(engine: LoadedEngine, clips: list[Path], decoder: str, device: str, workdir: Path) -> dict:
+def end_to_end(engine: LoadedEngine, clips: list[Path], decoder: Decoder, device: str, workdir: Path) -> dict:
     manifest = engine.manifest
     detector = MtcnnFaceDetector(device=device) if manifest.input.crop_mode == "face" else None
-    url = f"sqlite:///{workdir / f'{manifest.name}-{decoder}.db'}"
+    url = f"sqlite:///{workdir / f'{manifest.name}-{decoder.name}.db'}"
     upgrade_database(url)
     repository = VerdictRepository(make_database(url))
     config = JudgeConfig(FRAMES, AggregationRule.parse("mean"), 0.1, decoder, 2 << 30)
@@ -152,10 +153,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "var" / "bench", help="engines are cached here")
     args = parser.parse_args()
     configure_logging("WARNING", "console")
-    decoder = dali.choose_decoder("auto", args.device)
-    device = ("cuda:0" if args.device == "auto" else args.device) if decoder == "dali" else "cpu"
+    chosen = choose_decoder("auto", args.device)
+    device = ("cuda:0" if args.device == "auto" else args.device) if chosen == "dali" else "cpu"
     store = EngineStore(args.data / "engines")
-    gpu_decoder = None
     if device == "cpu":
         scan_bench.build_engines(store)
         names, backend = {mode: f"b16-{mode}" for mode in ("full", "face")}, "onnxruntime"
@@ -163,18 +163,26 @@ def main() -> None:
         backend = gpu_backend()
         build_gpu_engines(store, backend)
         names = {mode: f"b16-{mode}-{backend}" for mode in ("full", "face")}
-        gpu_decoder = dali.configure_dali(dali.DaliSettings(device=device))
+    decoder = open_decoder(chosen, DecoderOptions(device=device))  # the daemon's start-up: DALI's worker starts here
+    try:
+        run(args, store, names, backend, decoder, device)
+    finally:
+        decoder.close()
+
+
+def run(args: argparse.Namespace, store: EngineStore, names: dict, backend: str, decoder: Decoder, device: str) -> None:
     with tempfile.TemporaryDirectory(prefix="deepsift-gpu-bench-") as tmp:
         workdir = Path(tmp)
         clips = [make_hd_clip(workdir / f"clip{i}.mp4", args.seconds, seed=i) for i in range(args.videos)]
         print(
             f"{len(clips)} clips, {args.seconds:g} s {WIDTH}x{HEIGHT} H.264 @ {scan_bench.FPS:g} fps, {FRAMES} frames "
-            f"sampled per video; decoder {decoder}, device {device}, engine {scan_bench.RECIPE} ({backend}, batch "
+            f"sampled per video; decoder {decoder.name}, device {device}, engine {scan_bench.RECIPE} ({backend}, batch "
             f"{FRAMES}); {os.cpu_count()} CPUs"
         )
-        print(f"decode  pyav: {decode_rate(decode_sampled, clips):8.1f} frames/s (CPU, numpy)")
-        if decoder == "dali":
-            print(f"decode  dali: {decode_rate(dali.decode_dali, clips):8.1f} frames/s (GPU worker, CUDA tensors)")
+        pyav = DECODERS.get("pyav")(DecoderOptions())
+        print(f"decode  pyav: {decode_rate(pyav, clips):8.1f} frames/s (CPU, numpy)")
+        if decoder.name == "dali":
+            print(f"decode  dali: {decode_rate(decoder, clips):8.1f} frames/s (GPU worker, CUDA tensors)")
         else:
             print(f"decode  dali: unavailable ({dali.dali_missing(args.device)})")
         for mode in args.modes.split(","):
@@ -186,8 +194,6 @@ def main() -> None:
                 f"engine only {r['engine_frames_per_s']:.2f} frames/s; ratio {r['ratio']:.3f} "
                 f"(verdicts: {r['statuses']}; decoders: {r['decoders']})"
             )
-        if gpu_decoder is not None:
-            gpu_decoder.close()
 
 
 if __name__ == "__main__":

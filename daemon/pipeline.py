@@ -26,10 +26,11 @@ from deepsift.daemon.records import EngineIdentity, FrameScoreRecord, TrackSumma
 from deepsift.engines.aggregate import AggregationRule, ScoredItem, aggregate
 from deepsift.engines.backends import EngineOutputs, LoadedEngine
 from deepsift.engines.budgets import MediaBudget
+from deepsift.engines.decoders import Decoder, named_decoder
 from deepsift.engines.errors import MediaError, PermanentError
 from deepsift.engines.faces import DETECT_MAX_SIDE, FaceBox, FaceDetector, crop_faces, min_face_size, scale_box
 from deepsift.engines.manifest import EngineManifest, sha256_file
-from deepsift.engines.media import DECODERS, DecodedMedia, MediaFacts
+from deepsift.engines.media import DecodedMedia, MediaFacts
 from deepsift.engines.preprocess import preprocess_batch
 
 log = structlog.get_logger(__name__)
@@ -82,11 +83,16 @@ class JudgeConfig:
     frames_per_video: int
     rule: AggregationRule
     min_track_fraction: float
-    decoder: str
+    # Built once at start-up (engines.decoders.open_decoder); the name "pyav" stands for the stateless CPU decoder.
+    decoder: Decoder = field(compare=False, repr=False)
     max_media_bytes: int
     masks: bool = False  # store tamper masks, where the engine makes them
     max_masks: int = 8  # masks per verdict: the most suspicious regions
     budget: MediaBudget = field(default_factory=MediaBudget)  # pixel, length and frame-memory limits of one job
+
+    def __post_init__(self) -> None:
+        if isinstance(self.decoder, str):
+            object.__setattr__(self, "decoder", named_decoder(self.decoder))
 
 
 def _ms(since: float) -> float:
@@ -168,7 +174,7 @@ def prepare(
         media, sha = fetch(job, config.max_media_bytes)
         timings["fetch"] = _ms(t)
         t = time.perf_counter()
-        decoded = DECODERS.get(config.decoder)(media, config.frames_per_video, budget=config.budget)
+        decoded = config.decoder(media, config.frames_per_video, budget=config.budget)
         facts = decoded.facts
         timings["decode"] = _ms(t)
         decoded_by = {"decoder": decoded.decoder, "decoder_note": decoder_note(decoded)}

@@ -13,33 +13,19 @@ from deepsift.daemon.pipeline import JudgeConfig
 from deepsift.daemon.settings import Settings
 from deepsift.engines.backends import BackendOptions, LoadedEngine, load_engine
 from deepsift.engines.budgets import MediaBudget
-from deepsift.engines.errors import DeepsiftError
+from deepsift.engines.decoders import Decoder, DecoderOptions, open_decoder
 
 log = structlog.get_logger(__name__)
 
 
-def start_decoder(settings: Settings) -> str:
-    """The decoder to use (``auto`` resolved); starts the DALI worker when that is DALI. A worker that cannot
-    start fails start-up when ``dali`` was asked for explicitly; under ``auto`` the daemon decodes with PyAV."""
-    from deepsift.engines.dali import DaliSettings, DecoderFailure, choose_decoder, configure_dali, dali_missing
-
-    chosen = choose_decoder(settings.decoder, settings.device)
-    if chosen == "dali":
-        device = settings.device if settings.device.startswith("cuda") else "cuda:0"
-        dali = configure_dali(
-            DaliSettings(device=device, timeout_s=settings.dali_timeout_s, max_duration_s=settings.dali_max_duration_s)
-        )
-        try:
-            dali.worker.start()
-        except DecoderFailure as e:
-            if settings.decoder == "dali":
-                raise DeepsiftError(f"decoder 'dali' cannot run: {e}") from e
-            dali.close()
-            log.warning("decoder_chosen", decoder="pyav", why_not_dali=str(e))
-            return "pyav"
-    elif settings.decoder == "auto":
-        log.info("decoder_chosen", decoder=chosen, why_not_dali=dali_missing(settings.device))
-    return chosen
+def start_decoder(settings: Settings) -> Decoder:
+    """The decoder the daemon decodes with (``auto`` resolved), built once; the DALI worker is started when that is
+    DALI. A worker that cannot start fails start-up when ``dali`` was asked for explicitly; under ``auto`` the daemon
+    decodes with PyAV. The caller closes it at shutdown."""
+    options = DecoderOptions(
+        device=settings.device, dali_timeout_s=settings.dali_timeout_s, dali_max_duration_s=settings.dali_max_duration_s
+    )
+    return open_decoder(settings.decoder, options)
 
 
 def media_budget(settings: Settings) -> MediaBudget:

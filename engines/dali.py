@@ -58,7 +58,6 @@ import numpy as np
 from deepsift.engines.budgets import MediaBudget
 from deepsift.engines.errors import DeepsiftError, MediaError
 from deepsift.engines.media import (
-    DECODERS,
     DEFAULT_BUDGET,
     DecodedMedia,
     MediaSource,
@@ -96,24 +95,7 @@ class DecoderFailure(DeepsiftError):
         self.detail = detail
 
 
-# --- choosing a decoder ---------------------------------------------------------------------------
-
-
-def choose_decoder(requested: str, device: str = "auto") -> str:
-    """The decoder to run for setting ``requested`` on ``device`` ("auto", "cpu", "cuda", "cuda:N").
-
-    ``auto`` is ``dali`` when the device is CUDA (or auto with a GPU present) and DALI is installed, else
-    ``pyav``. An explicit ``dali`` that cannot run raises at start-up, naming what is missing.
-    """
-    if requested not in ("auto", "dali"):
-        DECODERS.get(requested)  # an unknown name raises, listing the registered ones
-        return requested
-    missing = dali_missing(device)
-    if missing is None:
-        return "dali"
-    if requested == "dali":
-        raise DeepsiftError(f"decoder 'dali' cannot run: {missing}")
-    return "pyav"
+# --- can DALI run here -------------------------------------------------------------------------------
 
 
 def dali_missing(device: str) -> str | None:
@@ -452,11 +434,14 @@ def dali_frame_decoder(device_id: int = 0) -> FrameDecoder:
     return DaliFrameDecoder(device_id)
 
 
-# --- the registered decoders --------------------------------------------------------------------------
+# --- the decoder ----------------------------------------------------------------------------------------
 
 
 class DaliDecoder:
-    """The ``dali`` decoder: routes each input, decodes in the isolated worker, falls back to PyAV with a reason."""
+    """The ``dali`` decoder (``engines.decoders.Decoder``): routes each input, decodes in the isolated worker, falls
+    back to PyAV with a reason. One is built at start-up (``engines.decoders.open_decoder``) and closed at the end."""
+
+    name = "dali"
 
     def __init__(self, settings: DaliSettings | None = None, make_decoder: Callable[[], FrameDecoder] | None = None):
         self.settings = settings or DaliSettings()
@@ -478,6 +463,10 @@ class DaliDecoder:
                 reason = e.reason
                 log.warning("DALI failed on a video, PyAV decodes it: %s", e)
         return replace(decode_sampled(source, n_frames, budget=budget), fallback_reason=reason)
+
+    def start(self) -> None:
+        """Start the worker now (else the first video routed to DALI does), raising ``DecoderFailure`` if it cannot."""
+        self.worker.start()
 
     def close(self) -> None:
         self.worker.close()
@@ -521,41 +510,3 @@ def _upright(frame: Any, quarter_turns: int) -> Any:
 
 def _device_index(device: str) -> int:
     return int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
-
-
-_default_lock = threading.Lock()
-_default: DaliDecoder | None = None
-_auto_choice: str | None = None
-
-
-def configure_dali(settings: DaliSettings) -> DaliDecoder:
-    """Set the process-wide DALI decoder's settings (the daemon calls this once at start-up)."""
-    global _default
-    with _default_lock:
-        if _default is not None:
-            _default.close()
-        _default = DaliDecoder(settings)
-        return _default
-
-
-def _default_decoder() -> DaliDecoder:
-    global _default
-    with _default_lock:
-        if _default is None:
-            _default = DaliDecoder()
-        return _default
-
-
-@DECODERS.register("dali")
-def decode_dali(source: MediaSource, n_frames: int = 32, *, budget: MediaBudget = DEFAULT_BUDGET) -> DecodedMedia:
-    """Sampled frames decoded by DALI on the GPU as CUDA tensors, or by PyAV with the reason DALI was passed over."""
-    return _default_decoder()(source, n_frames, budget=budget)
-
-
-@DECODERS.register("auto")
-def decode_auto(source: MediaSource, n_frames: int = 32, *, budget: MediaBudget = DEFAULT_BUDGET) -> DecodedMedia:
-    """``dali`` where a GPU and DALI are present, else exactly ``pyav`` (chosen once per process)."""
-    global _auto_choice
-    if _auto_choice is None:
-        _auto_choice = choose_decoder("auto", "auto")
-    return DECODERS.get(_auto_choice)(source, n_frames, budget=budget)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
-from deepsift.engines.media import decode_sampled
+from deepsift.engines.decoders import DECODERS, DecoderOptions
 from deepsift.engines.preprocess import fit_to_square, preprocess_image
 from deepsift.engines.recipes import Recipe, TaskSpec
 
@@ -142,8 +142,8 @@ def relabel(rows: Sequence[ManifestRow], manipulations: dict[str, str]) -> list[
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    """An image decoded as the daemon decodes it (upright RGB uint8)."""
-    return decode_sampled(path, 1).frames[0].rgb
+    """An image decoded as the daemon decodes it (upright RGB uint8), by the registry's CPU decoder."""
+    return DECODERS.get("pyav")(DecoderOptions())(path, 1).frames[0].rgb
 
 
 class ManifestDataset(torch.utils.data.Dataset):

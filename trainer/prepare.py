@@ -1,9 +1,10 @@
 """``trainer prepare``: media in a manifest → the crops an engine sees, cut by the daemon's own code.
 
-Videos are decoded into evenly spaced frames (32 by default, as SD² Appendix A.3) by ``engines.media``; faces
-are found, tracked and cut square with the contract's margin by ``engines.faces`` — the same functions the
-daemon calls — so a detector trains on the pixels it will be served. Images are one-frame media. Media without
-a face above the contract's confidence are left out and counted, as the daemon abstains on them.
+Videos are decoded into evenly spaced frames (32 by default, as SD² Appendix A.3) by the ``pyav`` entry of
+``engines.decoders.DECODERS``, the daemon's CPU decoder; faces are found, tracked and cut square with the
+contract's margin by ``engines.faces`` — the same functions the daemon calls — so a detector trains on the pixels
+it will be served. Images are one-frame media. Media without a face above the contract's confidence are left out
+and counted, as the daemon abstains on them.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from deepsift.engines.decoders import DECODERS, DecoderOptions
 from deepsift.engines.errors import MediaError
 from deepsift.engines.faces import FaceDetector, MtcnnFaceDetector, crop_faces, square_crop
-from deepsift.engines.media import decode_sampled
 from deepsift.engines.preprocess import InputContract
 from deepsift.trainer.data import ManifestRow, read_manifest, write_manifest
 
@@ -55,10 +56,11 @@ def prepare(
     root, rows_out = Path(manifest).parent, []
     detector = detector or MtcnnFaceDetector(min_confidence=contract.min_face_confidence)
     rows = read_manifest(manifest)
+    decode = DECODERS.get("pyav")(DecoderOptions())
     without_face = failed = 0
     for n, row in enumerate(rows):
         try:
-            media = decode_sampled(root / row.path, frames)
+            media = decode(root / row.path, frames)
         except MediaError as e:
             log(f"skipped {row.path}: {e}")
             failed += 1

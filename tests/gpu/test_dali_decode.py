@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from deepsift.engines import dali
-from deepsift.engines.dali import DaliDecoder, DaliSettings, choose_decoder
+from deepsift.engines.dali import DaliDecoder
+from deepsift.engines.decoders import DecoderOptions, choose_decoder, open_decoder
 from deepsift.engines.errors import MediaError
 from deepsift.engines.media import decode_sampled
 
@@ -29,8 +30,8 @@ MIN_PSNR_DB = 35.0
 def decoder() -> Iterator[DaliDecoder]:
     if not dali._dali_installed():
         pytest.fail("nvidia.dali is not installed: the GPU checks need the gpu extra (pip install -e '.[gpu]')")
-    decoder = DaliDecoder(DaliSettings(device="cuda:0"))
-    decoder.worker.start()  # a start failure fails here, with DALI's own message
+    decoder = open_decoder("dali", DecoderOptions(device="cuda:0"))  # a start failure fails here, with DALI's message
+    assert isinstance(decoder, DaliDecoder) and decoder.name == "dali"
     yield decoder
     decoder.close()
 

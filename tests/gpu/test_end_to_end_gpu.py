@@ -18,6 +18,7 @@ from deepsift.daemon.pipeline import JudgeConfig, MediaJob, prepare
 from deepsift.engines import dali
 from deepsift.engines.aggregate import AggregationRule, ScoredItem, aggregate
 from deepsift.engines.backends import load_engine
+from deepsift.engines.decoders import DECODERS, Decoder, DecoderOptions, open_decoder
 from deepsift.engines.faces import MtcnnFaceDetector
 
 MAX_P_FAKE_DIFF = 0.05
@@ -25,15 +26,15 @@ RULE = AggregationRule.parse("mean")
 
 
 @pytest.fixture(scope="module")
-def gpu_decoder() -> Iterator[None]:
+def gpu_decoder() -> Iterator[Decoder]:
     if not dali._dali_installed():
         pytest.fail("nvidia.dali is not installed: the GPU checks need the gpu extra (pip install -e '.[gpu]')")
-    decoder = dali.configure_dali(dali.DaliSettings(device="cuda:0"))  # the "dali" entry of DECODERS
-    yield
+    decoder = open_decoder("dali", DecoderOptions(device="cuda:0"))  # as the daemon opens it: the worker starts
+    yield decoder
     decoder.close()
 
 
-def judge(path: Path, engine, detector, decoder: str):
+def judge(path: Path, engine, detector, decoder: Decoder):
     config = JudgeConfig(32, RULE, 0.1, decoder, 10**9)
     prepared = prepare(MediaJob(path.name, path.as_uri(), path=path), engine.manifest, detector, config)
     assert prepared.outcome is None, prepared.outcome
@@ -48,9 +49,10 @@ def test_gpu_path_gives_the_cpu_p_fake(gpu_decoder, demo_store, demo_media) -> N
     cpu_detector, gpu_detector = MtcnnFaceDetector(), MtcnnFaceDetector(device="cuda")
     clips = sorted(folder / name for name in truth if name.endswith(".mp4"))
     assert clips
+    pyav = DECODERS.get("pyav")(DecoderOptions())
     for clip in clips:
-        on_cpu, cpu_scores, cpu_p = judge(clip, engine, cpu_detector, "pyav")
-        on_gpu, gpu_scores, gpu_p = judge(clip, engine, gpu_detector, "dali")
+        on_cpu, cpu_scores, cpu_p = judge(clip, engine, cpu_detector, pyav)
+        on_gpu, gpu_scores, gpu_p = judge(clip, engine, gpu_detector, gpu_decoder)
         # the GPU path ran on the GPU end to end
         assert (on_gpu.decoder, on_gpu.decoder_note) == ("dali", None)
         assert isinstance(on_gpu.pixels, torch.Tensor) and on_gpu.pixels.is_cuda

@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 
 from deepsift.engines import dali
-from deepsift.engines.dali import DaliDecoder, DaliSettings, choose_decoder, route_media
+from deepsift.engines.dali import DaliDecoder, DaliSettings, route_media
+from deepsift.engines.decoders import DECODERS, DecoderOptions, choose_decoder
 from deepsift.engines.errors import DeepsiftError, MediaError
-from deepsift.engines.media import DECODERS, decode_sampled, probe_timing, sample_frame_indices, write_video
+from deepsift.engines.media import decode_sampled, probe_timing, sample_frame_indices, write_video
 
 ROOT = Path(__file__).resolve().parents[3]
 W, H, FPS = 160, 96, 25.0
@@ -142,36 +143,67 @@ def test_pyav_and_unknown_names_bypass_the_gpu_checks(machine) -> None:
         choose_decoder("ffmpeg-gpu", "cuda")
 
 
-def test_engines_dali_imports_without_nvidia_dali_and_imports_nothing_heavy() -> None:
+def test_the_decoder_registry_imports_without_nvidia_dali_and_imports_nothing_heavy() -> None:
     # Given an interpreter where nvidia.dali cannot be imported
     code = (
         "import sys; sys.modules['nvidia'] = None; sys.modules['nvidia.dali'] = None\n"
+        "from deepsift.engines.decoders import DECODERS, DecoderOptions, choose_decoder\n"
         "import deepsift.engines.dali as d\n"
-        "from deepsift.engines.media import DECODERS\n"
         "assert {'auto', 'dali', 'pyav'} <= set(DECODERS.names())\n"
-        "assert 'torch' not in sys.modules, 'importing engines.dali must not import torch'\n"
+        "assert 'torch' not in sys.modules, 'importing the decoder registry must not import torch'\n"
         "assert not d._dali_installed()\n"
-        "print(d.choose_decoder('auto', 'cpu'))\n"
+        "decoder = DECODERS.get('auto')(DecoderOptions(device='cpu'))\n"
+        "assert 'torch' not in sys.modules, 'building a decoder for the CPU must not import torch'\n"
+        "print(choose_decoder('auto', 'cpu'), decoder.name)\n"
     )
-    # When engines.dali is imported and auto is chosen, then it works and picks PyAV
+    # When the registry is imported and auto is built for the CPU, then it works and is PyAV
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "pyav"
+    assert result.stdout.split() == ["pyav", "pyav"]
+
+
+def test_engines_media_imports_neither_dali_nor_the_registry() -> None:
+    # Given a fresh interpreter, When the PyAV decoder's module is imported, Then no GPU decoder came with it
+    code = (
+        "import sys, deepsift.engines.media\n"
+        "print([m for m in ('deepsift.engines.dali', 'deepsift.engines.decoders') if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_auto_on_a_cpu_machine_is_exactly_pyav(machine, clips) -> None:
     machine(False, True)
-    dali._auto_choice = None
+    decoder = DECODERS.get("auto")(DecoderOptions())
     try:
-        auto = DECODERS.get("auto")(clips["cfr"], 8)
+        auto = decoder(clips["cfr"], 8)
     finally:
-        dali._auto_choice = None
+        decoder.close()
     pyav = decode_sampled(clips["cfr"], 8)
+    assert decoder.name == "pyav"
     assert auto.decoder == "pyav" and auto.fallback_reason is None
     assert auto.facts == pyav.facts and len(auto.frames) == len(pyav.frames) == 8
     for a, b in zip(auto.frames, pyav.frames, strict=True):
         assert (a.index, a.pts_s) == (b.index, b.pts_s)
         np.testing.assert_array_equal(a.rgb, b.rgb)
+
+
+def test_auto_on_a_gpu_machine_is_dali_with_the_options_settings_and_no_worker_yet(machine) -> None:
+    # Given a machine with a GPU and DALI, When auto is built for its second GPU
+    machine(True, True)
+    decoder = DECODERS.get("auto")(DecoderOptions(device="cuda:1", dali_timeout_s=5.0, dali_max_duration_s=60.0))
+    try:
+        # Then it is DALI's decoder, with the options' settings, and its worker waits for the first video
+        assert isinstance(decoder, DaliDecoder) and decoder.name == "dali"
+        assert (decoder.settings.device, decoder.settings.timeout_s, decoder.settings.max_duration_s) == (
+            "cuda:1",
+            5.0,
+            60.0,
+        )
+        assert decoder.worker.starts == 0
+    finally:
+        decoder.close()
 
 
 # --- routing ----------------------------------------------------------------------------------------------

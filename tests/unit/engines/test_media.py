@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepsift.engines import media
+from deepsift.engines import _pyav_video, media
 from deepsift.engines.budgets import MediaBudget
+from deepsift.engines.decoders import DECODERS, DecoderOptions
 from deepsift.engines.errors import MediaError
-from deepsift.engines.media import DECODERS, decode_sampled, probe, sample_frame_indices, should_seek, write_video
+from deepsift.engines.media import decode_sampled, probe, sample_frame_indices, should_seek, write_video
 
 ALWAYS_SEEK, NEVER_SEEK = 1, 10**9
 
@@ -29,13 +30,13 @@ ALWAYS_SEEK, NEVER_SEEK = 1, 10**9
 def seek_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts the seeks the decoder makes (one entry per seek)."""
     seeks: list[int] = []
-    real_seek = media._seek
+    real_seek = _pyav_video._seek
 
     def counting_seek(*args, **kwargs):
         seeks.append(1)
         return real_seek(*args, **kwargs)
 
-    monkeypatch.setattr(media, "_seek", counting_seek)
+    monkeypatch.setattr(_pyav_video, "_seek", counting_seek)
     return seeks
 
 
@@ -151,8 +152,19 @@ def test_display_rotation_is_applied_to_frames_and_facts(rotated_clip: Path) -> 
     assert (probe(rotated_clip).width, probe(rotated_clip).height) == (96, 160)
 
 
-def test_pyav_decoder_is_registered() -> None:
-    assert DECODERS.get("pyav") is decode_sampled
+def test_the_registrys_pyav_decoder_is_this_modules_decoder(clip_120: Path, seek_count: list[int]) -> None:
+    # Given the registry's pyav entry, built as the trainer and the daemon build it
+    decoder = DECODERS.get("pyav")(DecoderOptions())
+    # When it samples the clip under a budget that shrinks the frames, Then it is decode_sampled's decode
+    budget = MediaBudget(frame_budget_bytes=4 * 80 * 48 * 3)
+    decoded, expected = decoder(clip_120, 4, budget=budget), decode_sampled(clip_120, 4, budget=budget)
+    assert decoder.name == decoded.decoder == "pyav" and decoded.facts == expected.facts
+    assert decoded.scale == expected.scale == 0.5
+    for a, b in zip(decoded.frames, expected.frames, strict=True):
+        assert (a.index, a.pts_s) == (b.index, b.pts_s)
+        np.testing.assert_array_equal(a.rgb, b.rgb)
+    # with PyAV's seeking rule (targets 40 frames apart: read through, no seek)
+    assert not seek_count
 
 
 # --- images -------------------------------------------------------------------------------------
