@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
@@ -57,41 +58,31 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace, out: TextIO) ->
 
 
 def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    from deepsift.daemon.db import make_database, require_current_schema
-    from deepsift.daemon.engine_watch import EngineWatcher, FaceDetectors
-    from deepsift.daemon.repository import VerdictRepository
-    from deepsift.daemon.runtime import engine_loader, judge_config, start_decoder
-    from deepsift.daemon.scan import ScanFailed, ScanResult, exit_code, run_scan
-    from deepsift.daemon.table import VerdictTable
-    from deepsift.engines.store import EngineStore
+    import signal
 
-    db = make_database(settings.database_url)
-    require_current_schema(db)
-    repository = VerdictRepository(db)
-    config = judge_config(settings, start_decoder(settings))
-    watcher = EngineWatcher(
-        EngineStore(settings.engine_store),
-        settings.engine_name,
-        load=engine_loader(settings),
-        on_ready=lambda engine, _replacing: repository.record_engine(engine.manifest),
-        poll_s=settings.engine_poll_s,
-        pinned_version=settings.engine_version,
-    ).start()
+    from deepsift.daemon.compose import build_services
+    from deepsift.daemon.scan import OUTAGE_PATIENCE_S, ScanFailed, ScanResult, exit_code, scan_results
+    from deepsift.daemon.sources.files import FilesSource
+    from deepsift.daemon.stream.sink import NoSink
+    from deepsift.daemon.table import VerdictTable
+
+    services = build_services(settings, lambda _watch: NoSink())
+    services = replace(services, outage_patience_s=OUTAGE_PATIENCE_S)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # a first signal drains: what a stage started is stored
+        signal.signal(signum, services.lifecycle.request_stop)
     try:
         table = VerdictTable(out)
-        table.header(watcher.current().manifest)
-        detectors = FaceDetectors(settings.device)
-        detectors.for_engine(watcher.current().manifest)  # a detector that cannot be built fails the scan here
+        table.header(services.engines.current().manifest)
         results: list[ScanResult] = []
         try:
-            for result in run_scan(args.paths, watcher, repository, config, detectors, settings.prefetch):
+            for result in scan_results(services, FilesSource(args.paths)):
                 results.append(table.row(result))
         except ScanFailed:
             table.footer(results)  # what was judged before the scan broke off; the error follows (exit 1)
             raise
         table.footer(results)
     finally:
-        watcher.stop()
+        services.engines.stop()
     return exit_code(results)
 
 

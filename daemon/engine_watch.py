@@ -40,6 +40,10 @@ class EngineSource(Protocol):
         """The engine new jobs are prepared for."""
         ...
 
+    def stop(self) -> None:
+        """Stop following promotions (the serving engine stays usable)."""
+        ...
+
 
 @dataclass(frozen=True)
 class FixedEngine:
@@ -49,6 +53,9 @@ class FixedEngine:
 
     def current(self) -> LoadedEngine:
         return self.engine
+
+    def stop(self) -> None:
+        return
 
 
 def warm_up(engine: LoadedEngine) -> None:

@@ -39,6 +39,14 @@ class PathProblem:
     detail: str
 
 
+@dataclass(frozen=True)
+class ScanEntry:
+    """A path that gets one verdict: a regular file to judge, or what is wrong with the path."""
+
+    path: Path
+    problem: PathProblem | None = None
+
+
 def path_problem(error: OSError, path: Path, doing: str = "read") -> PathProblem:
     """The error verdict's code and detail for an ``OSError`` met on ``path`` (EACCES, EPERM, EIO: unreadable)."""
     code = _ERRNO_CODES.get(error.errno or 0, "unreadable")

@@ -1,4 +1,4 @@
-"""Kafka at the edge: client configuration (security from settings), the consumer, the producer, commits.
+"""Kafka clients: configuration (security from settings), the consumer, the producer, commits.
 
 kafka-python ≥ 3 drives its network on an IO thread and calls rebalance listeners there, so the
 listener is an ``AsyncConsumerRebalanceListener`` that awaits its commit instead of blocking the loop

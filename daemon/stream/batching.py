@@ -1,4 +1,4 @@
-"""Stage 2, one thread that scores: micro-batch frames across jobs, infer, aggregate, verdict.
+"""Stage 2, one thread that scores: micro-batch frames across jobs, infer, aggregate, verdict (``judge``).
 
 A batch closes when it holds ``max_frames`` frames or ``max_wait_s`` after its first job arrived,
 whichever is first; a job is never split, and one bigger than a batch goes alone (the engine chunks it
@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import structlog
 
-from deepsift.daemon.pipeline import PreparedMedia, engine_identity, infer, verdict
+from deepsift.daemon.pipeline import JudgeConfig, PreparedMedia, engine_identity, infer, verdict
 from deepsift.daemon.records import VerdictRecord
 from deepsift.daemon.stream.metrics import StreamMetrics
 from deepsift.daemon.stream.work import Judged, Work, put, take
@@ -28,6 +28,9 @@ from deepsift.engines.manifest import EngineManifest
 log = structlog.get_logger(__name__)
 
 DETAIL_CHARS = 1000  # of an unexpected error's repr in a verdict
+
+# Turns a prepared job and its engine outputs into its verdict: ``pipeline.verdict``, or a wrapper around it.
+Judge = Callable[[PreparedMedia, EngineOutputs | Exception | None, EngineManifest, JudgeConfig], VerdictRecord]
 
 
 class MicroBatcher:
@@ -62,7 +65,9 @@ class MicroBatcher:
         return batch
 
 
-def judge_batch(engine: LoadedEngine, batch: Sequence[Work], metrics: StreamMetrics) -> list[Judged]:
+def judge_batch(
+    engine: LoadedEngine, batch: Sequence[Work], metrics: StreamMetrics, judge: Judge = verdict
+) -> list[Judged]:
     """One engine call per engine for the batch's pixels, then one verdict per job (None for jobs judged before).
 
     Jobs are scored by the engine they were prepared for; ``engine`` (the serving one) judges any prepared
@@ -82,7 +87,7 @@ def judge_batch(engine: LoadedEngine, batch: Sequence[Work], metrics: StreamMetr
             judged.append(Judged(work, None))
             continue
         has_pixels = work.prepared.pixels is not None
-        record = _verdict(work, next(scores, None) if has_pixels else None, engine)
+        record = _verdict(work, next(scores, None) if has_pixels else None, engine, judge)
         if has_pixels:
             record = replace(record, timings_ms={**record.timings_ms, "infer": infer_ms, "batch_frames": frames})
         judged.append(Judged(work, record))
@@ -98,12 +103,12 @@ def _infer(engine: LoadedEngine, prepared: list[PreparedMedia], masks: bool) -> 
         return [e] * sum(1 for p in prepared if p.pixels is not None)
 
 
-def _verdict(work: Work, scores: EngineOutputs | Exception | None, engine: LoadedEngine) -> VerdictRecord:
+def _verdict(work: Work, scores: EngineOutputs | Exception | None, engine: LoadedEngine, judge: Judge) -> VerdictRecord:
     """One job's verdict; a failure here (a bug) is that job's error verdict, never the batch's or the daemon's."""
     assert work.prepared is not None
     manifest = (work.prepared.engine or engine).manifest
     try:
-        return verdict(work.prepared, scores, manifest, work.config)
+        return judge(work.prepared, scores, manifest, work.config)
     except Exception as e:
         log.exception("verdict_failed", job_id=work.job_id)
         error = e
@@ -137,9 +142,10 @@ def batch_worker(
     engines: Callable[[], LoadedEngine],
     metrics: StreamMetrics,
     stop: threading.Event,
+    judge: Judge = verdict,
 ) -> None:
     """Thread body: batches until the daemon stops."""
     while (batch := batcher.next_batch()) is not None:
-        for judged in judge_batch(engines(), batch, metrics):
+        for judged in judge_batch(engines(), batch, metrics, judge):
             if not put(outbox, judged, stop):
                 return

@@ -1,8 +1,9 @@
-"""Stage 1, in worker threads: message → ``Work``. Take the serving engine, parse the job, skip it if that
-engine judged it before (unless the producer re-used its id for other media), refuse what it may not ask
-for, count the delivery as started, fetch its media behind the guards, then decode, find faces and
-preprocess for that engine (``pipeline.prepare``). The job keeps the engine: it is scored by it even if
-another is promoted.
+"""Stage 1, in worker threads: delivery → ``Work``. Take the serving engine; for a message, parse the job,
+skip it if that engine judged it before (unless the producer re-used its id for other media), refuse what
+it may not ask for, count the delivery as started, fetch its media behind the guards; for a scanned path,
+hash it into its job (``sources.files.scan_job``) and skip it if that engine judged it before. Then decode,
+find faces and preprocess for that engine (``pipeline.prepare``). The job keeps the engine: it is scored by
+it even if another is promoted.
 
 Every failure of one job becomes that job's outcome (an error verdict later), whatever raised it; only a
 database outage blocks, retrying, since whether the job was judged before cannot be known without it.
@@ -12,20 +13,24 @@ answered ``poison_job`` instead of being tried again (``daemon.attempts``).
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TypeVar
 
 import structlog
 
 from deepsift.daemon.attempts import JobAttempts
 from deepsift.daemon.engine_watch import FaceDetectors
+from deepsift.daemon.paths import ScanEntry
 from deepsift.daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, engine_identity, prepare
 from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.sources.files import path_job, scan_job
 from deepsift.daemon.stream.fetch import FetchPolicy, Resolver, fetch_job, redact_url, resolve_addresses
 from deepsift.daemon.stream.jobs import InvalidJob, JobV1, invalid_job_id, parse_job, readable_field, readable_job_id
 from deepsift.daemon.stream.metrics import StreamMetrics
@@ -70,8 +75,10 @@ class PrepareContext:
 
 
 def prepare_message(envelope: Envelope, context: PrepareContext, detectors: FaceDetectors) -> Work:
-    """The work one message becomes, for the engine serving now; never raises for a bad job or bad media."""
+    """The work one delivery becomes, for the engine serving now; never raises for a bad job or bad media."""
     engine = context.engines()
+    if envelope.entry is not None:
+        return _prepare_path(envelope, envelope.entry, context, detectors, engine)
     try:
         job = parse_job(envelope.value)
     except InvalidJob as e:
@@ -89,6 +96,24 @@ def prepare_message(envelope: Envelope, context: PrepareContext, detectors: Face
         return Work(envelope, job.job_id, config, _prepare_media(job, config, context, detectors, engine))
 
 
+def _prepare_path(
+    envelope: Envelope, entry: ScanEntry, context: PrepareContext, detectors: FaceDetectors, engine: LoadedEngine
+) -> Work:
+    """A scanned path: skipped when this engine judged the same path and content before; a path that cannot be
+    read as a file is its problem's error verdict."""
+    job, problem = scan_job(entry)
+    with structlog.contextvars.bound_contextvars(job_id=job.job_id, uri=job.uri):
+        stored = _stored_id(job.job_id, engine, context)
+        if stored is not None:
+            return Work(envelope, job.job_id, context.config, stored_id=stored)
+        if problem is not None:
+            outcome = ("error", problem.code, problem.detail)
+            return Work(
+                envelope, job.job_id, context.config, PreparedMedia(job, None, None, outcome=outcome, engine=engine)
+            )
+        return Work(envelope, job.job_id, context.config, _prepare_fetched(job, context.config, detectors, engine))
+
+
 def _prepare_media(
     job: JobV1, config: JudgeConfig, context: PrepareContext, detectors: FaceDetectors, engine: LoadedEngine
 ) -> PreparedMedia:
@@ -104,14 +129,22 @@ def _prepare_media(
         log.exception("fetch_failed_unexpectedly", job_id=job.job_id)
         return _failed(job, "internal_error", repr(e), engine)
     fetched_ms = round((time.perf_counter() - started) * 1000.0, 2)
+    prepared = _prepare_fetched(media, config, detectors, engine)
+    prepared = replace(prepared, timings_ms={"fetch_media": fetched_ms, **prepared.timings_ms})
+    return _check_media_type(job, prepared)
+
+
+def _prepare_fetched(
+    media: MediaJob, config: JudgeConfig, detectors: FaceDetectors, engine: LoadedEngine
+) -> PreparedMedia:
+    """Decode, find faces and preprocess media at hand (a local file, or bytes fetched) for ``engine``."""
     try:
         detector = detectors.for_engine(engine.manifest)
     except Exception as e:  # e.g. after a switch to an engine whose detector cannot be built on this device
-        log.exception("face_detector_unavailable", job_id=job.job_id, engine=engine.manifest.name)
-        return _failed(job, "internal_error", f"face detector: {e!r}", engine)
-    prepared = prepare(media, engine.manifest, detector, config)
-    prepared = replace(prepared, timings_ms={"fetch_media": fetched_ms, **prepared.timings_ms}, engine=engine)
-    return _check_media_type(job, prepared)
+        log.exception("face_detector_unavailable", job_id=media.job_id, engine=engine.manifest.name)
+        outcome = ("error", "internal_error", f"face detector: {e!r}")
+        return PreparedMedia(media, None, None, outcome=outcome, engine=engine)
+    return replace(prepare(media, engine.manifest, detector, config), engine=engine)
 
 
 def _too_many_frames(job: JobV1, guards: JobGuards) -> tuple[str, str] | None:
@@ -287,13 +320,18 @@ def prepare_guarded(envelope: Envelope, context: PrepareContext, detectors: Face
 
 
 def _internal_error(envelope: Envelope, config: JudgeConfig, detail: str) -> Work:
-    """An ``internal_error`` outcome that reads as little of the message as it can (that may be what failed).
+    """An ``internal_error`` outcome that reads as little of the delivery as it can (that may be what failed).
 
     It names no engine: the serving one signs the verdict (``batching``)."""
     ticket = envelope.ticket
-    job_id = _safe_job_id(envelope)
-    media = MediaJob(job_id, f"kafka:{ticket.topic}/{ticket.partition}/{ticket.offset}", source="kafka")
-    return Work(envelope, job_id, config, PreparedMedia(media, None, None, outcome=("error", "internal_error", detail)))
+    if envelope.entry is not None:  # a scanned path, by the name it was given
+        media = path_job(Path(os.path.abspath(envelope.entry.path)), None)
+    else:
+        media = MediaJob(
+            _safe_job_id(envelope), f"kafka:{ticket.topic}/{ticket.partition}/{ticket.offset}", source="kafka"
+        )
+    outcome = ("error", "internal_error", detail)
+    return Work(envelope, media.job_id, config, PreparedMedia(media, None, None, outcome=outcome))
 
 
 def prepare_worker(inbox: queue.Queue, outbox: queue.Queue, context: PrepareContext, detectors: FaceDetectors) -> None:

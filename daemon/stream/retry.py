@@ -2,13 +2,15 @@
 
 A job whose verdict cannot be stored stays in flight, so its offset is never committed; the consumer
 pauses once too much is in flight. Only a daemon that is stopping gives up (``Abandoned``), leaving
-the work uncommitted for re-delivery.
+the work uncommitted for re-delivery — or a caller with a patience (``give_up_after_s``: ``daemon scan``,
+which has no re-delivery to leave the work to), which then gets the dependency's error.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -56,17 +58,22 @@ def retry_forever(
     stop: threading.Event,
     watch: DependencyWatch,
     backoff: Backoff = Backoff(),
+    give_up_after_s: float | None = None,
     **log_context: object,
 ) -> T:
-    """Run ``operation`` until it succeeds; ``RetryableError`` backs off, anything else propagates."""
+    """Run ``operation`` until it succeeds; ``RetryableError`` backs off, anything else propagates. With
+    ``give_up_after_s``, the ``RetryableError`` of the first attempt after that long propagates too."""
     delays = backoff.delays()
     attempt = 0
+    deadline = None if give_up_after_s is None else time.monotonic() + give_up_after_s
     while True:
         attempt += 1
         try:
             result = operation()
         except RetryableError as e:
             watch.dependency_failed(dependency, str(e))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise
             delay = next(delays)
             log.warning("dependency_unavailable", dependency=dependency, error=str(e), attempt=attempt,
                         retry_in_s=round(delay, 2), **log_context)  # fmt: skip

@@ -1,81 +1,54 @@
-"""``daemon run`` start-up: health server first, then the database (schema checked), the engine (loaded,
-warm, recorded, and followed for promotions) and the producer — waiting while a dependency is down — then
-the consumer loop until a signal.
+"""``daemon run`` start-up: health server first, then what ``daemon.compose`` builds (database, engine, decoder,
+detectors — waiting while a dependency is down) with the Kafka sink, then the pipeline loop over the ``kafka``
+source until a signal.
 """
 
 from __future__ import annotations
 
 import signal
-import threading
+from functools import partial
 
 import structlog
 
 from deepsift.daemon import notify
-from deepsift.daemon.db import DbTimeouts, make_database, require_current_schema
-from deepsift.daemon.engine_watch import EngineWatcher
-from deepsift.daemon.repository import VerdictRepository
-from deepsift.daemon.runtime import engine_loader, start_decoder
+from deepsift.daemon.compose import build_services
 from deepsift.daemon.settings import Settings
-from deepsift.daemon.stream.consumer import kafka_call, make_producer
+from deepsift.daemon.sources.base import SOURCES, SourceRequest
 from deepsift.daemon.stream.health import Health, HealthServer
 from deepsift.daemon.stream.metrics import StreamMetrics
-from deepsift.daemon.stream.retry import Abandoned, DependencyWatch, retry_forever
-from deepsift.daemon.stream.runner import Lifecycle, Services, StreamDaemon, Watch
-from deepsift.engines.backends import LoadedEngine
+from deepsift.daemon.stream.probes import watch_dependencies
+from deepsift.daemon.stream.retry import Abandoned, retry_forever
+from deepsift.daemon.stream.runner import Lifecycle, PipelineLoop, Services, Watch
+from deepsift.daemon.stream.sink import ResultSink
 from deepsift.engines.errors import DeepsiftError
-from deepsift.engines.store import EngineStore
 
 log = structlog.get_logger(__name__)
 
 
-def announce_engine(
-    engine: LoadedEngine,
-    replacing: LoadedEngine | None,
-    repository: VerdictRepository,
-    metrics: StreamMetrics,
-    watch: DependencyWatch,
-    stop: threading.Event,
-) -> None:
-    """Before an engine serves: record it in SQL (waiting while the database is down) and in the info gauge."""
-    manifest = engine.manifest
-    retry_forever(lambda: repository.record_engine(manifest), dependency="database", stop=stop, watch=watch)
-    if replacing is not None:
-        metrics.engine.labels(name=replacing.manifest.name, version=str(replacing.manifest.version)).set(0)
-    metrics.engine.labels(name=manifest.name, version=str(manifest.version)).set(1)
+def kafka_sink(settings: Settings, metrics: StreamMetrics, lifecycle: Lifecycle, watch: Watch) -> ResultSink:
+    """Dead letters and result events through a producer of their own, made once the broker answers."""
+    from deepsift.daemon.broker.client import kafka_call, make_producer
+    from deepsift.daemon.broker.sink import KafkaSink
+
+    producer = retry_forever(
+        lambda: kafka_call(make_producer, settings), dependency="kafka", stop=lifecycle.stopping, watch=watch
+    )
+    return KafkaSink(producer, settings.kafka_dead_letter_topic, settings.kafka_verdict_topic, watch, metrics,
+                     lifecycle.stop_now)  # fmt: skip
 
 
 def start_services(settings: Settings, health: Health, metrics: StreamMetrics, lifecycle: Lifecycle) -> Services:
-    """Database (schema checked), engine (loaded, warm, followed), producer; waits while a dependency is down."""
-    watch = Watch(health, metrics)
-    notify.notify_status("connecting to the database")
-    db = make_database(settings.database_url, DbTimeouts.from_settings(settings))
-    retry_forever(lambda: require_current_schema(db), dependency="database", stop=lifecycle.stopping, watch=watch)
-    repository = VerdictRepository(db)
-    notify.notify_status("loading the engine")
-    engines = EngineWatcher(
-        EngineStore(settings.engine_store),
-        settings.engine_name,
-        load=engine_loader(settings),
-        on_ready=lambda engine, replacing: announce_engine(
-            engine, replacing, repository, metrics, watch, lifecycle.stopping
-        ),
-        poll_s=settings.engine_poll_s,
-        pinned_version=settings.engine_version,
-    ).start()
-    health.engine_warm()
-    try:
-        producer = retry_forever(
-            lambda: kafka_call(make_producer, settings), dependency="kafka", stop=lifecycle.stopping, watch=watch
-        )
-    except BaseException:
-        engines.stop()
-        raise
-    try:
-        decoder = start_decoder(settings)
-    except BaseException:
-        engines.stop()
-        raise
-    return Services(settings, engines, repository, producer, health, metrics, lifecycle, decoder)
+    """Database (schema checked), engine (loaded, warm, followed), decoder, producer; waits while one is down."""
+    notify.notify_status("starting: database, engine, producer")
+    return build_services(
+        settings,
+        partial(kafka_sink, settings, metrics, lifecycle),
+        health=health,
+        metrics=metrics,
+        lifecycle=lifecycle,
+        wait=True,
+        probes=partial(watch_dependencies, settings, health),
+    )
 
 
 def run_stream(settings: Settings) -> int:
@@ -87,7 +60,8 @@ def run_stream(settings: Settings) -> int:
     log.info("health_listening", host=settings.health_host, port=server.port)
     try:
         services = start_services(settings, health, metrics, lifecycle)
-        return StreamDaemon(services).run()
+        source = SOURCES.get("kafka")(SourceRequest(settings, health, metrics, Watch(health, metrics)))
+        return PipelineLoop(services, source).run()
     except Abandoned:
         log.info("stopped_before_start")
         return 0

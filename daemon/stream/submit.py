@@ -53,7 +53,7 @@ def _local_files(path: Path) -> list[Path]:
         raise DeepsiftError(f"no such file or folder: {path}")
     if not path.is_dir():
         return [path.absolute()]
-    from deepsift.daemon.scan import expand_paths  # the scan's folder rule; imported only when a folder is given
+    from deepsift.daemon.sources.files import expand_paths  # the scan's folder rule; imported only when a folder is given
 
     return [p.absolute() for p in expand_paths([path])]
 
@@ -72,7 +72,7 @@ def _job(url: str, sha: str | None, options: SubmitOptions) -> JobV1:
 
 def submit(jobs: Sequence[JobV1], settings: Settings, topic: str | None = None) -> list[str]:
     """Produce the jobs (keyed by job id) and wait until the broker acknowledged all; their ids, in order."""
-    from deepsift.daemon.stream.consumer import make_producer
+    from deepsift.daemon.broker.client import make_producer
 
     producer = make_producer(settings)
     try:

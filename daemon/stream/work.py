@@ -1,9 +1,9 @@
-"""What flows between the stream stages, as frozen records: message → work → judged → completion.
+"""What flows between the pipeline's stages, as frozen records: delivery → work → judged → completion.
 
-``Envelope`` (consumer → prepare) is a consumed Kafka message; ``Work`` (prepare → batching) is a job
-ready for the engine, or one that already earned its verdict; ``Judged`` (batching → persist) carries
-the verdict to store; ``Completion`` (persist → main loop) says the verdict is in SQL, so the offset
-may be committed.
+``Envelope`` (source → prepare) is a delivery from a job source: a consumed Kafka message, or a path that
+``daemon scan`` judges; ``Work`` (prepare → batching) is a job ready for the engine, or one that already
+earned its verdict; ``Judged`` (batching → persist) carries the verdict to store; ``Completion`` (persist →
+main loop) says the verdict is in SQL, so the source may acknowledge the delivery (commit its offset).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from deepsift.daemon.paths import ScanEntry
 from deepsift.daemon.pipeline import JudgeConfig, PreparedMedia
 from deepsift.daemon.records import VerdictRecord
 from deepsift.daemon.stream.offsets import Ticket
@@ -23,13 +24,14 @@ _POLL_S = 0.1
 
 @dataclass(frozen=True)
 class Envelope:
-    """A consumed message, untouched: dead letters carry its bytes exactly."""
+    """A delivery, untouched: a message's bytes (dead letters carry them exactly), or the path of a scan."""
 
     ticket: Ticket
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None
-    received: float  # time.monotonic() when consumed
+    received: float  # time.monotonic() when taken from the source
+    entry: ScanEntry | None = None  # a path to judge (the files source); None for a message
 
 
 @dataclass(frozen=True)
@@ -58,13 +60,21 @@ class Judged:
 
 @dataclass(frozen=True)
 class Completion:
-    """A job's verdict is committed in SQL (and its dead letter and event produced)."""
+    """A job's verdict is committed in SQL (and its dead letter and event produced), or cannot be stored.
+
+    ``record`` is the verdict stored (a ``store_failed`` one in place of a refused verdict), or the verdict as
+    judged when nothing could be stored (``verdict_id`` None, ``store_error`` says why); None for a job judged
+    before (``skipped``: ``verdict_id`` names the stored verdict)."""
 
     ticket: Ticket
     job_id: str
     outcome: str  # ok | abstained | error | skipped
     code: str | None
     timestamp_ms: int | None  # the Kafka record's timestamp, for end-to-end latency
+    verdict_id: int | None = None
+    record: VerdictRecord | None = None
+    created: bool = False  # this delivery stored the verdict (not an earlier one)
+    store_error: str | None = None  # why the judged verdict is not the one stored
 
 
 def put(q: queue.Queue, item: object, stop: threading.Event) -> bool:

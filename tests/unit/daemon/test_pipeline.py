@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import queue
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from deepsift.daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, infer, prepare, verdict
-from deepsift.daemon.scan import _DONE, _batches, expand_paths
+from deepsift.daemon.pipeline import JudgeConfig, MediaJob, infer, prepare, verdict
+from deepsift.daemon.sources.files import expand_paths
 from deepsift.engines.aggregate import AggregationRule
 from deepsift.engines.backends import LoadedEngine, load_engine
 from deepsift.engines.budgets import MediaBudget
@@ -124,20 +123,6 @@ def test_a_failing_job_does_not_fail_its_batch(engine, clip, tmp_path):
     assert isinstance(results[0], Exception) and len(results[1]) == 1
     assert verdict(video, results[0], engine.manifest, CONFIG).code == "inference_failed"
     assert verdict(still, results[1], engine.manifest, CONFIG).status == "ok"
-
-
-def _prepared(n_frames: int) -> PreparedMedia:
-    pixels = np.zeros((n_frames, 3, 4, 4), np.float32) if n_frames else None
-    return PreparedMedia(MediaJob("j", "u"), None, None, pixels=pixels)
-
-
-def test_batches_group_waiting_jobs_up_to_the_frame_limit():
-    waiting: queue.Queue = queue.Queue()
-    for n in (3, 4, 0, 5, 2):
-        waiting.put(_prepared(n))
-    waiting.put(_DONE)
-    sizes = [[0 if p.pixels is None else len(p.pixels) for p in batch] for batch in _batches(waiting, 8)]
-    assert sizes == [[3, 4, 0], [5, 2]]
 
 
 def test_expand_paths_takes_media_from_folders_and_any_named_file(tmp_path):

@@ -17,10 +17,13 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
 from deepsift.daemon.db import make_database, upgrade_database
+from deepsift.daemon.paths import ScanEntry
 from deepsift.daemon.pipeline import JudgeConfig, verdict
 from deepsift.daemon.records import VerdictRecord
 from deepsift.daemon.repository import SavedVerdict, VerdictRepository
-from deepsift.daemon.scan import ScanEntry, ScanFailed, exit_code, run_scan, scan_job
+from deepsift.daemon.scan import ScanFailed, exit_code, run_scan
+from deepsift.daemon.sources.files import scan_job
+from deepsift.daemon.stream import prepare as prepare_stage
 from deepsift.daemon.table import VerdictTable
 from deepsift.engines.aggregate import AggregationRule
 from deepsift.engines.backends import LoadedEngine, load_engine
@@ -107,7 +110,7 @@ def test_a_verdict_stage_that_raises_and_a_store_that_fails_cost_only_their_own_
 
     refusing = RefusingRepository(database, ids["c_refused_once.png"], ids["d_refused.png"], ids["e_unreachable.png"])
     # When the folder is scanned
-    results = list(run_scan([media], engine, refusing, CONFIG, judge=judge))
+    results = list(run_scan([media], engine, refusing, CONFIG, judge=judge, outage_patience_s=0.5))
     # Then every file has one result, in order, and the good ones are judged and stored
     by_name = {r.path.name: r for r in results}
     assert [r.path.name for r in results] == [p.name for p in paths]
@@ -163,7 +166,10 @@ def test_paths_that_are_no_files_get_error_verdicts_between_judged_media(engine,
         ("null", "error", "not_regular_file"),
         ("z_last.mp4", "ok", None),
     ]
-    assert not results[-1].created  # named twice: one verdict, the second time found stored
+    # named twice: one verdict, stored by one of the two (two prepare workers may judge both at once)
+    assert (
+        results[4].verdict_id == results[-1].verdict_id and [results[4].created, results[-1].created].count(True) == 1
+    )
     assert exit_code(results) == 2
     out = io.StringIO()
     VerdictTable(out).footer(results)
@@ -178,8 +184,47 @@ def test_a_prepare_worker_that_breaks_fails_the_scan_instead_of_ending_it_early(
     first, never = _image(tmp_path / "first.png", 1), _image(tmp_path / "never.png", 2)
     results = []
     # When it is scanned, the scan raises once what came before is stored, and says so
-    with pytest.raises(ScanFailed, match=r"prepare worker broke .TypeError.*not judged"):
+    with pytest.raises(ScanFailed, match=r"listing the paths broke .TypeError.*not judged"):
         for result in run_scan([first, None, never], engine, repository, CONFIG):
             results.append(result)
     assert [r.path.name for r in results] == ["first.png"]
     assert repository.latest_for_job(_job_id(never)) is None
+
+
+def test_a_job_whose_preparation_raises_gets_an_internal_error_and_the_scan_goes_on(
+    engine, repository, tmp_path, monkeypatch
+):
+    # Given three files, the second of which makes the prepare stage raise (a decoder bug, not bad media)
+    paths = [_image(tmp_path / f"{name}.png", seed) for seed, name in enumerate("abc")]
+    real_prepare = prepare_stage.prepare
+
+    def prepare(media, manifest, detector, config):
+        if media.path.name == "b.png":
+            raise RuntimeError("decoder bug")
+        return real_prepare(media, manifest, detector, config)
+
+    monkeypatch.setattr(prepare_stage, "prepare", prepare)
+    # When they are scanned, each has its verdict, in order, and the bug is the second one's internal_error
+    results = list(run_scan(paths, engine, repository, CONFIG))
+    assert [(r.path.name, r.verdict.status) for r in results] == [("a.png", "ok"), ("b.png", "error"), ("c.png", "ok")]
+    stored = repository.get(results[1].verdict_id)
+    assert stored.code == "internal_error" and "decoder bug" in stored.detail
+    assert exit_code(results) == 0
+
+
+class StageBug(BaseException):
+    """Escapes every per-job handler (they catch ``Exception``): the stage itself dies."""
+
+
+def test_a_stage_that_dies_fails_the_scan_instead_of_ending_it_quietly(engine, repository, tmp_path):
+    first, second = _image(tmp_path / "a.png", 1), _image(tmp_path / "b.png", 2)
+
+    def judge(prepared, scores, manifest, config):
+        if prepared.job.path.name == "b.png":
+            raise StageBug("the batching thread is gone")
+        return verdict(prepared, scores, manifest, config)
+
+    # When they are scanned, the scan raises (it does not end as if every file were done) and b.png has no verdict
+    with pytest.raises(ScanFailed, match="stage crashed"):
+        list(run_scan([first, second], engine, repository, CONFIG, judge=judge))
+    assert repository.latest_for_job(_job_id(second)) is None

@@ -7,24 +7,12 @@ from __future__ import annotations
 
 import errno
 import os
-import queue
-import threading
 from pathlib import Path
 
 import pytest
 
-from deepsift.daemon.pipeline import MediaJob, PreparedMedia
-from deepsift.daemon.scan import (
-    _DONE,
-    ScanEntry,
-    _batches,
-    _prepare_ahead,
-    _WorkerState,
-    expand_paths,
-    path_problem,
-    scan_entries,
-    scan_job,
-)
+from deepsift.daemon.paths import ScanEntry, path_problem
+from deepsift.daemon.sources.files import FilesSource, expand_paths, scan_entries, scan_job
 
 pytestmark = pytest.mark.timeout(30)  # a FIFO opened by mistake blocks forever: fail instead of hanging
 
@@ -193,43 +181,26 @@ def test_path_problem_classifies_real_kernel_errors(tmp_path):
         assert path_problem(PermissionError(number, os.strerror(number)), file).code == "unreadable"
 
 
-def _named(path: Path) -> PreparedMedia:
-    job = MediaJob(job_id=path.name, uri=path.as_uri(), path=path)
-    return PreparedMedia(job, None, None, outcome=("ok", "", ""))
-
-
-def test_a_job_whose_preparation_raises_gets_an_internal_error_and_the_worker_goes_on(tmp_path):
-    for name in ("a.mp4", "b.mp4", "c.mp4"):
-        (tmp_path / name).write_bytes(name.encode())
-
-    def run(job: MediaJob, problem) -> PreparedMedia:
-        if job.path.name == "b.mp4":
-            raise RuntimeError("decoder bug")
-        return _named(job.path)
-
-    out, state = queue.Queue(), _WorkerState()
-    _prepare_ahead(scan_entries([tmp_path]), run, out, threading.Event(), state)
-    items = [out.get_nowait() for _ in range(4)]
-    assert items[3] is _DONE and state.finished
-    assert [p.job.path.name for p in items[:3]] == ["a.mp4", "b.mp4", "c.mp4"]
-    assert items[1].outcome[:2] == ("error", "internal_error") and "decoder bug" in items[1].outcome[2]
-
-
-def test_a_worker_that_breaks_is_not_a_finished_scan(tmp_path):
+def test_a_walk_that_breaks_hands_out_what_it_listed_and_says_it_broke(tmp_path):
     # Given entries whose iteration itself fails after one (a bug in the walk, not one file)
     def entries():
         yield ScanEntry(tmp_path / "a.mp4")
         raise RuntimeError("walk bug")
 
-    out, state = queue.Queue(), _WorkerState()
-    _prepare_ahead(entries(), lambda job, problem: _named(job.path), out, threading.Event(), state)
-    # Then the consumer gets what was prepared and the end, and the state says the scan did not finish
-    assert [len(b) for b in _batches(out, 8)] == [1]
-    assert not state.finished
+    source = FilesSource(entries=entries())
+    # Then the source hands out what was listed, then runs out, and says the scan did not finish
+    assert [e.entry.path.name for e in source.take(8)] == ["a.mp4"]
+    assert source.take(8) == [] and source.exhausted()
+    assert "walk bug" in source.broken
 
 
-def test_batches_end_when_the_worker_died_without_saying_so():
-    waiting: queue.Queue = queue.Queue()
-    waiting.put(_named(Path("/a.mp4")))
-    # When the worker is gone and never put _DONE, the batches end instead of waiting forever
-    assert [len(b) for b in _batches(waiting, 8, alive=lambda: False)] == [1]
+def test_the_files_source_hands_out_paths_in_order_as_room_allows_and_pauses(tmp_path):
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        (tmp_path / name).write_bytes(name.encode())
+    source = FilesSource([tmp_path])
+    first = source.take(2)
+    assert [(e.ticket.offset, e.entry.path.name) for e in first] == [(0, "a.mp4"), (1, "b.mp4")]
+    source.pause()
+    assert source.take(2) == [] and source.in_flight() == 2 and not source.exhausted()
+    source.resume()
+    assert [e.entry.path.name for e in source.take(2)] == ["c.mp4"] and source.exhausted()

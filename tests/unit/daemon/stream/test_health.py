@@ -13,9 +13,10 @@ import pytest
 from kafka.errors import KafkaError
 from structlog.testing import capture_logs
 
+from deepsift.daemon.broker.probe import BrokerCheck
 from deepsift.daemon.stream.health import Health, HealthServer
 from deepsift.daemon.stream.metrics import StreamMetrics
-from deepsift.daemon.stream.probes import BrokerCheck, Probe
+from deepsift.daemon.stream.probes import Probe
 
 
 @pytest.fixture

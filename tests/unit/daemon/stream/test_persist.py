@@ -11,6 +11,7 @@ import pytest
 from kafka.errors import MessageSizeTooLargeError
 from sqlalchemy import Engine, text
 
+from deepsift.daemon.broker.sink import KafkaSink
 from deepsift.daemon.records import EngineIdentity, VerdictRecord
 from deepsift.daemon.repository import SavedVerdict, VerdictRepository
 from deepsift.daemon.stream.metrics import StreamMetrics
@@ -97,8 +98,9 @@ def _record(status: str, code: str | None = None) -> VerdictRecord:
 
 
 def _context(repository, producer, verdict_topic: str | None = "verdicts") -> PersistContext:
-    watch = Watch()
-    return PersistContext(repository, producer, "dead", verdict_topic, watch, StreamMetrics(), threading.Event())
+    watch, metrics, stop = Watch(), StreamMetrics(), threading.Event()
+    sink = KafkaSink(producer, "dead", verdict_topic, watch, metrics, stop)
+    return PersistContext(repository, sink, watch, metrics, stop)
 
 
 def test_an_error_verdict_is_dead_lettered_before_it_is_stored_and_announced_after(make_work):
@@ -160,9 +162,9 @@ QUICK = Backoff(0.01, 0.02)
 
 
 def _real_context(database, producer, backoff: Backoff = QUICK) -> PersistContext:
-    repository = VerdictRepository(database)
-    return PersistContext(repository, producer, "dead", "verdicts", Watch(), StreamMetrics(), threading.Event(),
-                          store_backoff=backoff)  # fmt: skip
+    watch, metrics, stop = Watch(), StreamMetrics(), threading.Event()
+    sink = KafkaSink(producer, "dead", "verdicts", watch, metrics, stop)
+    return PersistContext(VerdictRepository(database), sink, watch, metrics, stop, store_backoff=backoff)
 
 
 def _letters(producer: Producer, topic: str = "dead") -> list[dict]:

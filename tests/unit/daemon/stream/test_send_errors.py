@@ -12,7 +12,7 @@ from kafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from deepsift.daemon.stream.consumer import send_and_wait
+from deepsift.daemon.broker.client import send_and_wait
 from deepsift.engines.errors import RetryableError
 
 

@@ -8,8 +8,8 @@ import os
 import pytest
 from pydantic import ValidationError
 
+from deepsift.daemon.broker.client import client_config
 from deepsift.daemon.settings import Settings
-from deepsift.daemon.stream.consumer import client_config
 from deepsift.daemon.stream.jobs import encode_job, parse_job
 from deepsift.daemon.stream.submit import SubmitOptions, jobs_for
 from deepsift.engines.errors import DeepsiftError

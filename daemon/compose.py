@@ -1,0 +1,117 @@
+"""The composition root of ``daemon scan`` and ``daemon run``: what both commands run on, built in one place.
+
+``build_services`` makes the database (schema checked), the verdict repository, the engine watcher (the
+serving engine loaded, warm, recorded in SQL and followed for promotions), the decoder (DALI's worker started
+up front when it is chosen, so a broken GPU set-up fails at start, not on the first video), the judge
+configuration and the face detectors, and hands them to the pipeline loop with the command's result sink.
+``daemon run`` waits while a dependency is down (``wait``); ``daemon scan`` fails at once instead (exit 1).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+
+from deepsift.daemon.db import DbTimeouts, make_database, require_current_schema
+from deepsift.daemon.engine_watch import EngineWatcher, FaceDetectors
+from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.runtime import engine_loader, judge_config, start_decoder
+from deepsift.daemon.settings import Settings
+from deepsift.daemon.stream.health import Health
+from deepsift.daemon.stream.metrics import StreamMetrics
+from deepsift.daemon.stream.retry import retry_forever
+from deepsift.daemon.stream.runner import Lifecycle, Services, Watch
+from deepsift.daemon.stream.sink import ResultSink
+from deepsift.engines.backends import LoadedEngine
+from deepsift.engines.store import EngineStore
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """How the start-up treats a dependency that is down: wait (``daemon run``) or fail (``daemon scan``)."""
+
+    watch: Watch
+    stop: threading.Event
+    wait: bool
+
+    def call(self, operation: Callable[[], T], dependency: str) -> T:
+        if not self.wait:
+            return operation()
+        return retry_forever(operation, dependency=dependency, stop=self.stop, watch=self.watch)
+
+
+def build_services(
+    settings: Settings,
+    sink: Callable[[Watch], ResultSink],
+    *,
+    health: Health | None = None,
+    metrics: StreamMetrics | None = None,
+    lifecycle: Lifecycle | None = None,
+    wait: bool = False,
+    probes: Callable[[threading.Event], None] | None = None,
+) -> Services:
+    """Everything the pipeline loop runs on; the engine watcher is stopped again if a later part fails."""
+    health, metrics, lifecycle = health or Health(), metrics or StreamMetrics(), lifecycle or Lifecycle()
+    deps = Dependencies(Watch(health, metrics), lifecycle.stopping, wait)
+    repository = open_repository(settings, deps)
+    engines = open_engines(settings, repository, metrics, deps)
+    health.engine_warm()
+    try:
+        detectors = detector_factory(settings, engines)
+        detectors()  # a detector that cannot be built on this device fails the start, not every job
+        config = judge_config(settings, start_decoder(settings))
+        result_sink = sink(deps.watch)
+    except BaseException:
+        engines.stop()
+        raise
+    return Services(settings, engines, repository, result_sink, health, metrics, lifecycle, config, detectors,
+                    probes=probes)  # fmt: skip
+
+
+def open_repository(settings: Settings, deps: Dependencies) -> VerdictRepository:
+    """The verdict repository on a database whose schema is at the head revision."""
+    db = make_database(settings.database_url, DbTimeouts.from_settings(settings))
+    deps.call(lambda: require_current_schema(db), "database")
+    return VerdictRepository(db)
+
+
+def open_engines(
+    settings: Settings, repository: VerdictRepository, metrics: StreamMetrics, deps: Dependencies
+) -> EngineWatcher:
+    """The serving engine, loaded and warm, followed for promotions; each engine is recorded before it serves."""
+
+    def announce(engine: LoadedEngine, replacing: LoadedEngine | None) -> None:
+        manifest = engine.manifest
+        deps.call(lambda: repository.record_engine(manifest), "database")
+        if replacing is not None:
+            metrics.engine.labels(name=replacing.manifest.name, version=str(replacing.manifest.version)).set(0)
+        metrics.engine.labels(name=manifest.name, version=str(manifest.version)).set(1)
+
+    return EngineWatcher(
+        EngineStore(settings.engine_store),
+        settings.engine_name,
+        load=engine_loader(settings),
+        on_ready=announce,
+        poll_s=settings.engine_poll_s,
+        pinned_version=settings.engine_version,
+    ).start()
+
+
+def detector_factory(settings: Settings, engines: EngineWatcher) -> Callable[[], FaceDetectors]:
+    """One prepare worker's face detectors (an MTCNN is not shared between threads), the serving engine's built
+    now rather than on the first job."""
+
+    def make() -> FaceDetectors:
+        detectors = FaceDetectors(settings.device)
+        detectors.for_engine(engines.current().manifest)
+        return detectors
+
+    return make
