@@ -29,9 +29,9 @@ from deepsift.daemon.attempts import JobAttempts
 from deepsift.daemon.engine_watch import FaceDetectors
 from deepsift.daemon.paths import ScanEntry
 from deepsift.daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, engine_identity, prepare
+from deepsift.daemon.pipeline.fetch import FetchPolicy, Resolver, fetch, fetch_job, redact_url, resolve_addresses
 from deepsift.daemon.repository import VerdictRepository
 from deepsift.daemon.sources.files import path_job, scan_job
-from deepsift.daemon.stream.fetch import FetchPolicy, Resolver, fetch_job, redact_url, resolve_addresses
 from deepsift.daemon.stream.jobs import InvalidJob, JobV1, invalid_job_id, parse_job, readable_field, readable_job_id
 from deepsift.daemon.stream.metrics import StreamMetrics
 from deepsift.daemon.stream.offsets import Ticket
@@ -128,9 +128,10 @@ def _prepare_media(
     except Exception as e:  # a bug in a guard must fail this job, not the worker
         log.exception("fetch_failed_unexpectedly", job_id=job.job_id)
         return _failed(job, "internal_error", repr(e), engine)
-    fetched_ms = round((time.perf_counter() - started) * 1000.0, 2)
+    located_ms = round((time.perf_counter() - started) * 1000.0, 2)  # the guards, and a download
     prepared = _prepare_fetched(media, config, detectors, engine)
-    prepared = replace(prepared, timings_ms={"fetch_media": fetched_ms, **prepared.timings_ms})
+    fetch_ms = round(located_ms + prepared.timings_ms.get("fetch", 0.0), 2)  # one fetch: located, bounded, hashed
+    prepared = replace(prepared, timings_ms={**prepared.timings_ms, "fetch": fetch_ms})
     return _check_media_type(job, prepared)
 
 
@@ -241,7 +242,7 @@ def _reused_media(job: JobV1, stored: int, context: PrepareContext) -> tuple[str
 
 def _fetched_sha256(job: JobV1, context: PrepareContext) -> str | None:
     try:
-        return fetch_job(job, context.policy, context.resolve).known_sha256
+        return fetch(fetch_job(job, context.policy, context.resolve), context.config.max_media_bytes)[1]
     except Exception as e:  # gone, refused or a bug: nothing to compare, so the stored verdict stands
         log.info("reuse_check_skipped", job_id=job.job_id, error=repr(e)[:MAX_DETAIL_CHARS])
         return None

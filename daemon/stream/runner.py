@@ -38,11 +38,11 @@ from deepsift.daemon import notify
 from deepsift.daemon.attempts import JobAttempts, sweep_attempts
 from deepsift.daemon.engine_watch import EngineSource, FaceDetectors
 from deepsift.daemon.pipeline import JudgeConfig, verdict
+from deepsift.daemon.pipeline.fetch import FetchPolicy
 from deepsift.daemon.repository import VerdictRepository
 from deepsift.daemon.settings import Settings
 from deepsift.daemon.sources.base import JobSource
 from deepsift.daemon.stream.batching import Judge, MicroBatcher, batch_worker
-from deepsift.daemon.stream.fetch import FetchPolicy
 from deepsift.daemon.stream.health import Health
 from deepsift.daemon.stream.metrics import StreamMetrics
 from deepsift.daemon.stream.persist import PersistContext, persist_worker

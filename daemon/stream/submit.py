@@ -53,7 +53,9 @@ def _local_files(path: Path) -> list[Path]:
         raise DeepsiftError(f"no such file or folder: {path}")
     if not path.is_dir():
         return [path.absolute()]
-    from deepsift.daemon.sources.files import expand_paths  # the scan's folder rule; imported only when a folder is given
+    from deepsift.daemon.sources.files import (
+        expand_paths,
+    )  # the scan's folder rule; imported only when a folder is given
 
     return [p.absolute() for p in expand_paths([path])]
 

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from deepsift.daemon.stream.fetch import (
+from deepsift.daemon.pipeline.fetch import (
     FetchPolicy,
     address_allowed,
     download,
+    fetch,
     fetch_job,
     local_path,
     redact_url,
@@ -30,6 +31,8 @@ from deepsift.daemon.stream.jobs import new_job
 from deepsift.engines.errors import MediaError
 
 BODY = bytes(range(256)) * 4  # 1 KiB
+
+MAX_BYTES = 10**8
 
 
 # --- file:// -----------------------------------------------------------------------------------------
@@ -93,13 +96,14 @@ def test_other_file_url_shapes_are_refused(tree):
     _refused(tree["root"].as_uri(), [tree["root"]], "not_regular_file")  # a folder is not media
 
 
-def test_fetch_job_verifies_the_content_hash(tree):
+def test_a_fetched_job_is_hashed_once_and_its_declared_hash_verified(tree):
     policy = FetchPolicy.create(media_roots=[tree["root"]])
     url = (tree["root"] / "a.png").as_uri()
     media = fetch_job(new_job("j", url, content_sha256=hashlib.sha256(b"a").hexdigest()), policy)
-    assert media.path == (tree["root"] / "a.png").resolve() and media.known_sha256 == hashlib.sha256(b"a").hexdigest()
+    assert media.path == (tree["root"] / "a.png").resolve()
+    assert fetch(media, MAX_BYTES) == (media.path, hashlib.sha256(b"a").hexdigest())
     with pytest.raises(MediaError) as refused:
-        fetch_job(new_job("j", url, content_sha256="0" * 64), policy)
+        fetch(fetch_job(new_job("j", url, content_sha256="0" * 64), policy), MAX_BYTES)
     assert refused.value.code == "hash_mismatch"
 
 
@@ -273,8 +277,9 @@ def test_downloaded_media_is_hash_checked_and_its_url_redacted(server):
     url = f"http://media.test:{server.port}/ok.bin?X-Signature=secret"
     media = fetch_job(new_job("j", url, content_sha256=hashlib.sha256(BODY).hexdigest()), POLICY, _resolve)
     assert media.data == BODY and media.path is None
+    assert fetch(media, MAX_BYTES) == (BODY, hashlib.sha256(BODY).hexdigest())
     assert media.uri == f"http://media.test:{server.port}/ok.bin"  # pre-signed secrets stay out of SQL and logs
     with pytest.raises(MediaError) as refused:
-        fetch_job(new_job("j", url, content_sha256="0" * 64), POLICY, _resolve)
+        fetch(fetch_job(new_job("j", url, content_sha256="0" * 64), POLICY, _resolve), MAX_BYTES)
     assert refused.value.code == "hash_mismatch"
     assert redact_url("https://u:p@cdn.example:8443/a/b.mp4?sig=1#x") == "https://cdn.example:8443/a/b.mp4"

@@ -20,7 +20,7 @@ from deepsift.daemon.engine_watch import FaceDetectors
 from deepsift.daemon.pipeline import engine_identity
 from deepsift.daemon.records import VerdictRecord
 from deepsift.daemon.repository import VerdictRepository
-from deepsift.daemon.stream.fetch import FetchPolicy
+from deepsift.daemon.pipeline.fetch import FetchPolicy
 from deepsift.daemon.stream.jobs import encode_job, new_job
 from deepsift.daemon.stream.metrics import StreamMetrics
 from deepsift.daemon.stream.prepare import JobGuards, PrepareContext, prepare_message, prepare_worker
@@ -145,7 +145,7 @@ def test_an_image_becomes_pixels_for_the_engine(prepare, media, manifest):
     size = manifest.input.size
     assert work.job_id == "job-a.png" and work.prepared.outcome is None
     assert work.prepared.pixels.shape == (1, 3, size, size) and work.frames == 1
-    assert work.prepared.job.metadata == {"k": 1} and "fetch_media" in work.prepared.timings_ms
+    assert work.prepared.job.metadata == {"k": 1} and "fetch" in work.prepared.timings_ms
 
 
 def test_the_job_may_ask_for_its_own_number_of_frames(prepare, media):

@@ -1,4 +1,8 @@
-"""Media fetch behind guards: a job's URL is untrusted input, so it may name only what the operator allowed.
+"""The fetch stage, the one place media is reached, bounded and hashed: ``fetch_job`` turns a stream job's URL
+into a local path or downloaded bytes behind the guards below; ``fetch`` (every job, scan and stream) refuses
+missing and oversized media, hashes it once and checks the hash the producer declared.
+
+A job's URL is untrusted input, so it may name only what the operator allowed.
 
 ``file://`` URLs must lie under one of ``media_roots`` both as written and after every symlink is
 resolved (a ``..`` segment is refused outright). ``http(s)://`` URLs must name an allow-listed host
@@ -26,7 +30,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 import structlog
 
 from deepsift.daemon.paths import not_regular, path_problem
-from deepsift.daemon.pipeline import MediaJob
+from deepsift.daemon.pipeline.records import MediaJob
 from deepsift.daemon.stream.jobs import JobV1
 from deepsift.engines.errors import MediaError
 from deepsift.engines.manifest import sha256_file
@@ -299,19 +303,30 @@ def redact_url(url: str) -> str:
 
 
 def fetch_job(job: JobV1, policy: FetchPolicy, resolve: Resolver = resolve_addresses) -> MediaJob:
-    """The pipeline's ``MediaJob`` for a stream job: a checked local path or downloaded bytes, hash verified."""
+    """Where a stream job's media is: a checked local path, or bytes downloaded within the limits; ``fetch`` then
+    bounds and hashes it and checks the job's ``content_sha256``."""
     uri = redact_url(job.media_url)
+    common = dict(source="kafka", expected_sha256=job.content_sha256, metadata=dict(job.metadata))
     if urlsplit(job.media_url).scheme.lower() == "file":
-        path = local_path(job.media_url, policy.media_roots)
-        sha = sha256_file(path)
-        _check_hash(job, sha)
-        return MediaJob(job.job_id, uri, path=path, source="kafka", known_sha256=sha, metadata=dict(job.metadata))
-    data = download(job.media_url, policy, resolve)
-    sha = hashlib.sha256(data).hexdigest()
-    _check_hash(job, sha)
-    return MediaJob(job.job_id, uri, data=data, source="kafka", known_sha256=sha, metadata=dict(job.metadata))
+        return MediaJob(job.job_id, uri, path=local_path(job.media_url, policy.media_roots), **common)  # type: ignore[arg-type]
+    return MediaJob(job.job_id, uri, data=download(job.media_url, policy, resolve), **common)  # type: ignore[arg-type]
 
 
-def _check_hash(job: JobV1, sha: str) -> None:
-    if job.content_sha256 is not None and job.content_sha256 != sha:
-        raise MediaError("hash_mismatch", f"content sha256 is {sha}, the job says {job.content_sha256}")
+def fetch(job: MediaJob, max_bytes: int) -> tuple[Path | bytes, str]:
+    """The media (a path, or bytes in memory) and its sha256; missing, oversized and mis-hashed media are
+    permanent errors. The size is checked before anything is read."""
+    if job.data is not None:
+        if len(job.data) > max_bytes:
+            raise MediaError("too_large", f"{len(job.data)} bytes > limit {max_bytes}")
+        media: Path | bytes = job.data
+        sha = job.known_sha256 or hashlib.sha256(job.data).hexdigest()
+    else:
+        if job.path is None or not job.path.is_file():
+            raise MediaError("not_found", f"no such file: {job.path}")
+        size = os.path.getsize(job.path)
+        if size > max_bytes:
+            raise MediaError("too_large", f"{size} bytes > limit {max_bytes}")
+        media, sha = job.path, job.known_sha256 or sha256_file(job.path)
+    if job.expected_sha256 is not None and job.expected_sha256 != sha:
+        raise MediaError("hash_mismatch", f"content sha256 is {sha}, the job says {job.expected_sha256}")
+    return media, sha

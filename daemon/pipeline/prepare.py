@@ -1,0 +1,86 @@
+"""One job from its media to the engine's input: fetch → decode → regions → preprocess, each a stage module of
+its own, run by the prepare workers ahead of inference. Every failure is recorded as the job's outcome (its
+verdict later), never raised.
+
+Frames decoded on the GPU (DALI) stay there through crops and preprocessing: ``pixels`` is then a CUDA tensor
+the engine takes as it is; from PyAV it is a numpy array.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import structlog
+
+from deepsift.daemon.pipeline.decode import decode, decoder_note
+from deepsift.daemon.pipeline.fetch import fetch
+from deepsift.daemon.pipeline.records import JudgeConfig, MediaJob, PreparedMedia
+from deepsift.daemon.pipeline.regions import find_regions
+from deepsift.engines.errors import PermanentError
+from deepsift.engines.faces import FaceDetector
+from deepsift.engines.manifest import EngineManifest
+from deepsift.engines.media import MediaFacts
+from deepsift.engines.preprocess import preprocess_batch
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Progress:
+    """What is known of a job so far: kept in its verdict when a later stage fails."""
+
+    job: MediaJob
+    sha256: str | None = None
+    facts: MediaFacts | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def timed(self, stage: str, since: float) -> None:
+        self.timings[stage] = round((time.perf_counter() - since) * 1000.0, 2)
+
+    def failed(self, status: str, code: str, detail: str) -> PreparedMedia:
+        return PreparedMedia(self.job, self.sha256, self.facts, timings_ms=self.timings, outcome=(status, code, detail))
+
+
+def prepare(
+    job: MediaJob, manifest: EngineManifest, detector: FaceDetector | None, config: JudgeConfig
+) -> PreparedMedia:
+    """Fetch, decode, find regions and preprocess one job for ``manifest``'s engine; failures are recorded."""
+    progress = _Progress(job)
+    try:
+        return _stages(progress, manifest, detector, config)
+    except PermanentError as e:
+        return progress.failed("error", e.code, e.detail)
+    except MemoryError as e:  # an allocation the budgets did not foresee: this job's verdict, not the daemon's end
+        log.error("prepare_out_of_memory", job_id=job.job_id, uri=job.uri)
+        return progress.failed("error", "out_of_memory", repr(e))
+    except Exception as e:  # a bug or an unforeseen library failure: this job fails, the daemon does not
+        log.exception("prepare_failed", job_id=job.job_id, uri=job.uri)
+        return progress.failed("error", "internal_error", repr(e))
+
+
+def _stages(
+    progress: _Progress, manifest: EngineManifest, detector: FaceDetector | None, config: JudgeConfig
+) -> PreparedMedia:
+    t = time.perf_counter()
+    media, progress.sha256 = fetch(progress.job, config.max_media_bytes)
+    progress.timed("fetch", t)
+    t = time.perf_counter()
+    decoded = decode(media, config)
+    progress.facts = decoded.facts
+    progress.timed("decode", t)
+    decoded_by = {"decoder": decoded.decoder, "decoder_note": decoder_note(decoded)}
+    t = time.perf_counter()
+    regions, crops = find_regions(decoded, manifest, detector, config.budget.detect_max_side)
+    progress.timed("faces" if manifest.input.crop_mode == "face" else "regions", t)
+    sampled = len(decoded.frames)
+    if not regions:
+        detail = f"no face with confidence > {manifest.input.min_face_confidence} in {sampled} frames"
+        outcome = ("abstained", "no_face", detail)
+        return PreparedMedia(progress.job, progress.sha256, progress.facts, sampled, timings_ms=progress.timings,
+                             outcome=outcome, **decoded_by)  # fmt: skip
+    t = time.perf_counter()
+    pixels = preprocess_batch(crops, manifest.input)
+    progress.timed("preprocess", t)
+    return PreparedMedia(progress.job, progress.sha256, progress.facts, sampled, tuple(regions), pixels,
+                         progress.timings, **decoded_by)  # fmt: skip

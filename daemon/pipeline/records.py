@@ -1,0 +1,78 @@
+"""What flows through the stage functions, as frozen records: a job (``MediaJob``), the regions cut from its
+frames (``Region``), the job ready for the engine or the verdict it already earned (``PreparedMedia``), and
+what judging needs to know (``JudgeConfig``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepsift.engines.aggregate import AggregationRule
+from deepsift.engines.backends import LoadedEngine
+from deepsift.engines.budgets import MediaBudget
+from deepsift.engines.decoders import Decoder, named_decoder
+from deepsift.engines.faces import FaceBox
+from deepsift.engines.media import MediaFacts
+
+
+@dataclass(frozen=True)
+class MediaJob:
+    """One piece of media to judge: where it is and what to echo into its verdict."""
+
+    job_id: str
+    uri: str
+    path: Path | None = None
+    data: bytes | None = None
+    source: str = "scan"
+    known_sha256: str | None = None  # computed by the caller from the same bytes; fetch then skips hashing
+    expected_sha256: str | None = None  # what the producer says the content hashes to; fetch checks it
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Region:
+    """What one engine input was cut from: a whole frame, or one face in it."""
+
+    frame_index: int
+    pts_s: float | None
+    face_index: int | None = None
+    track_id: int | None = None
+    box: FaceBox | None = None
+
+
+@dataclass(frozen=True)
+class PreparedMedia:
+    """A job ready for the engine: its regions and their pixels, or the verdict it already earned."""
+
+    job: MediaJob
+    media_sha256: str | None
+    facts: MediaFacts | None
+    frames_sampled: int = 0
+    regions: tuple[Region, ...] = ()
+    pixels: np.ndarray | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    outcome: tuple[str, str, str] | None = None  # (status, code, detail) when no inference is needed
+    decoder: str | None = None  # what decoded the frames (DecodedMedia.decoder)
+    decoder_note: str | None = None  # why the preferred decoder was passed over (DecodedMedia.fallback_reason)
+    # The engine it was prepared for (by its input contract); that engine scores it and names its verdict.
+    engine: LoadedEngine | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class JudgeConfig:
+    frames_per_video: int
+    rule: AggregationRule
+    min_track_fraction: float
+    # Built once at start-up (engines.decoders.open_decoder); the name "pyav" stands for the stateless CPU decoder.
+    decoder: Decoder = field(compare=False, repr=False)
+    max_media_bytes: int
+    masks: bool = False  # store tamper masks, where the engine makes them
+    max_masks: int = 8  # masks per verdict: the most suspicious regions
+    budget: MediaBudget = field(default_factory=MediaBudget)  # pixel, length and frame-memory limits of one job
+
+    def __post_init__(self) -> None:
+        if isinstance(self.decoder, str):
+            object.__setattr__(self, "decoder", named_decoder(self.decoder))
