@@ -20,7 +20,7 @@ import av
 import numpy as np
 import pytest
 
-from deepsift.engines import dali
+from deepsift.engines import dali, dali_worker
 from deepsift.engines.dali import DaliDecoder, DaliSettings, route_media
 from deepsift.engines.decoders import DECODERS, DecoderOptions, choose_decoder
 from deepsift.engines.errors import DeepsiftError, MediaError
@@ -360,7 +360,7 @@ def test_a_full_shared_memory_sends_the_video_to_pyav_and_keeps_the_worker(isola
     assert_worker_decodes(isolated, clips["cfr"])
     pid = isolated.worker.pid
     isolated.worker.close()  # drop the segment, so the next video must allocate one
-    monkeypatch.setattr(dali, "shm_free_bytes", lambda: 1 << 20)
+    monkeypatch.setattr(dali_worker, "shm_free_bytes", lambda: 1 << 20)
     # When a video is decoded; Then PyAV decodes it with the reason, nothing was written to shared memory
     decoded = isolated(clips["cfr"], 8)
     assert decoded.fallback_reason == "shm_too_small"
