@@ -41,6 +41,7 @@ from deepsift.daemon.logs import configure_logging  # noqa: E402
 from deepsift.daemon.pipeline import JudgeConfig  # noqa: E402
 from deepsift.daemon.repository import VerdictRepository  # noqa: E402
 from deepsift.daemon.scan import run_scan  # noqa: E402
+from deepsift.daemon.settings import Settings  # noqa: E402
 from deepsift.engines import dali  # noqa: E402
 from deepsift.engines.aggregate import AggregationRule  # noqa: E402
 from deepsift.engines.backends import BackendOptions, LoadedEngine, load_engine  # noqa: E402
@@ -127,10 +128,11 @@ def end_to_end(engine: LoadedEngine, clips: list[Path], decoder: Decoder, device
     upgrade_database(url)
     repository = VerdictRepository(make_database(url))
     config = JudgeConfig(FRAMES, AggregationRule.parse("mean"), 0.1, decoder, 2 << 30)
-    list(run_scan(clips[:1], engine, repository, config, detector, prefetch=2))  # warm-up: worker, MTCNN, engine
+    warm_up = Settings(prefetch=2)  # the first scan warms the DALI worker, MTCNN and the engine
+    list(run_scan(clips[:1], engine, repository, config, detector, warm_up))
     before = engine_only_rate(engine, device, len(clips))
     started = time.perf_counter()
-    results = list(run_scan(clips, engine, repository, config, detector, prefetch=2))
+    results = list(run_scan(clips, engine, repository, config, detector, Settings(prefetch=2)))
     e2e_s = time.perf_counter() - started
     engine_fps = (before + engine_only_rate(engine, device, len(clips))) / 2  # on both sides of the scan
     scored = sum(len(r.verdict.frames) for r in results)

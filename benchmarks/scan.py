@@ -91,7 +91,7 @@ def scan_throughput(store: EngineStore, name: str, clips: list[Path], workdir: P
 
     before = engine_only_seconds()
     started = time.perf_counter()
-    results = list(run_scan(clips, engine, repository, config, detector, prefetch=2))
+    results = list(run_scan(clips, engine, repository, config, detector, Settings(prefetch=2)))
     e2e = time.perf_counter() - started
     engine_only = (before + engine_only_seconds()) / 2  # engine-only runs on both sides of the scan, averaged
     scored_frames = sum(len(r.verdict.frames) for r in results)

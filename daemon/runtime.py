@@ -40,7 +40,7 @@ def media_budget(settings: Settings) -> MediaBudget:
     )
 
 
-def judge_config(settings: Settings, decoder: str) -> JudgeConfig:
+def judge_config(settings: Settings, decoder: Decoder) -> JudgeConfig:
     return JudgeConfig(
         frames_per_video=settings.frames_per_video,
         rule=settings.aggregation_rule,
