@@ -83,6 +83,7 @@ def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         table.footer(results)
     finally:
         services.engines.stop()
+        services.config.decoder.close()  # DALI's worker process, when it was started
     return exit_code(results)
 
 

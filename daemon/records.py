@@ -1,8 +1,9 @@
 """The verdict as the pipeline hands it to persistence: frozen records, no database types.
 
 A ``VerdictRecord`` is one judgement of one piece of media by one engine. Its children are the
-per-frame (or per-face) scores, the per-track summaries and any masks. ``daemon.repository``
-turns it into rows; nothing else in the daemon knows about SQL.
+per-frame (or per-face) scores, the per-track summaries and any masks; its ``code`` is one of
+``engines.codes.VerdictCode``. ``daemon.repository`` turns it into rows; nothing else in the daemon
+knows about SQL.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+
+from deepsift.engines.codes import check_status, verdict_code
 
 VerdictStatus = Literal["ok", "abstained", "error"]
 
@@ -65,7 +68,7 @@ class VerdictRecord:
     p_fake: float | None = None
     class_probs: dict[str, float] | None = None
     threshold: float | None = None
-    code: str | None = None  # abstain or error code, e.g. "no_face", "corrupt_media"
+    code: str | None = None  # a VerdictCode of this status, e.g. "no_face" (abstained), "corrupt_media" (error)
     detail: str | None = None
     aggregation: str | None = None
     frames_requested: int | None = None
@@ -86,3 +89,14 @@ class VerdictRecord:
     frames: tuple[FrameScoreRecord, ...] = ()
     tracks: tuple[TrackSummaryRecord, ...] = ()
     masks: tuple[MaskRecord, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Refuse a code outside ``engines.codes.VerdictCode`` (the set is closed, so a dashboard can list every
+        code), and on an abstained or error verdict one of the other status. Rows read back pass through here too;
+        codes are never removed, so they load."""
+        if self.code is None:
+            return
+        if self.status in ("abstained", "error"):
+            check_status(self.code, self.status)
+        else:
+            verdict_code(self.code)

@@ -61,7 +61,10 @@ def run_stream(settings: Settings) -> int:
     try:
         services = start_services(settings, health, metrics, lifecycle)
         source = SOURCES.get("kafka")(SourceRequest(settings, health, metrics, Watch(health, metrics)))
-        return PipelineLoop(services, source).run()
+        try:
+            return PipelineLoop(services, source).run()
+        finally:
+            services.config.decoder.close()  # DALI's worker process, when it was started
     except Abandoned:
         log.info("stopped_before_start")
         return 0
