@@ -1,11 +1,13 @@
 """One small error hierarchy shared by the trainer and the daemon.
 
 Permanent errors describe the input (corrupt media, an invalid job): they become an ``error``
-verdict with their ``code`` and are never retried. Retryable errors describe the world (a broker or
-database that is down): the caller backs off and tries again.
+verdict with their ``code`` (one of ``engines.codes.VerdictCode``) and are never retried. Retryable
+errors describe the world (a broker or database that is down): the caller backs off and tries again.
 """
 
 from __future__ import annotations
+
+from deepsift.engines.codes import check_status
 
 
 class DeepsiftError(Exception):
@@ -17,9 +19,12 @@ class RetryableError(DeepsiftError):
 
 
 class PermanentError(DeepsiftError):
-    """The input itself is bad; retrying cannot help. ``code`` is stored on the error verdict."""
+    """The input itself is bad; retrying cannot help. ``code`` is stored on the error verdict.
+
+    ``code`` must be an error code of ``engines.codes.VerdictCode``; any other is refused here, where it is raised."""
 
     def __init__(self, code: str, detail: str) -> None:
+        check_status(code, "error")
         super().__init__(f"{code}: {detail}")
         self.code = code
         self.detail = detail
