@@ -17,12 +17,13 @@ from deepsift.daemon.pipeline.fetch import fetch
 from deepsift.daemon.pipeline.infer import infer
 from deepsift.daemon.pipeline.judge import engine_identity, verdict
 from deepsift.daemon.pipeline.prepare import prepare
-from deepsift.daemon.pipeline.records import JudgeConfig, MediaJob, PreparedMedia, Region
+from deepsift.daemon.pipeline.records import JudgeConfig, MediaJob, Outcome, PreparedMedia, Region
 from deepsift.daemon.pipeline.regions import find_regions
 
 __all__ = [
     "JudgeConfig",
     "MediaJob",
+    "Outcome",
     "PreparedMedia",
     "Region",
     "decode",

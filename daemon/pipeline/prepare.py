@@ -15,7 +15,7 @@ import structlog
 
 from deepsift.daemon.pipeline.decode import decode, decoder_note
 from deepsift.daemon.pipeline.fetch import fetch
-from deepsift.daemon.pipeline.records import JudgeConfig, MediaJob, PreparedMedia
+from deepsift.daemon.pipeline.records import JudgeConfig, MediaJob, Outcome, PreparedMedia
 from deepsift.daemon.pipeline.regions import find_regions
 from deepsift.engines.errors import PermanentError
 from deepsift.engines.faces import FaceDetector
@@ -38,8 +38,9 @@ class _Progress:
     def timed(self, stage: str, since: float) -> None:
         self.timings[stage] = round((time.perf_counter() - since) * 1000.0, 2)
 
-    def failed(self, status: str, code: str, detail: str) -> PreparedMedia:
-        return PreparedMedia(self.job, self.sha256, self.facts, timings_ms=self.timings, outcome=(status, code, detail))
+    def failed(self, code: str, detail: str) -> PreparedMedia:
+        outcome = Outcome.error(code, detail)
+        return PreparedMedia(self.job, self.sha256, self.facts, timings_ms=self.timings, outcome=outcome)
 
 
 def prepare(
@@ -50,13 +51,13 @@ def prepare(
     try:
         return _stages(progress, manifest, detector, config)
     except PermanentError as e:
-        return progress.failed("error", e.code, e.detail)
+        return progress.failed(e.code, e.detail)
     except MemoryError as e:  # an allocation the budgets did not foresee: this job's verdict, not the daemon's end
         log.error("prepare_out_of_memory", job_id=job.job_id, uri=job.uri)
-        return progress.failed("error", "out_of_memory", repr(e))
+        return progress.failed("out_of_memory", repr(e))
     except Exception as e:  # a bug or an unforeseen library failure: this job fails, the daemon does not
         log.exception("prepare_failed", job_id=job.job_id, uri=job.uri)
-        return progress.failed("error", "internal_error", repr(e))
+        return progress.failed("internal_error", repr(e))
 
 
 def _stages(
@@ -76,7 +77,7 @@ def _stages(
     sampled = len(decoded.frames)
     if not regions:
         detail = f"no face with confidence > {manifest.input.min_face_confidence} in {sampled} frames"
-        outcome = ("abstained", "no_face", detail)
+        outcome = Outcome.abstained("no_face", detail)
         return PreparedMedia(progress.job, progress.sha256, progress.facts, sampled, timings_ms=progress.timings,
                              outcome=outcome, **decoded_by)  # fmt: skip
     t = time.perf_counter()

@@ -6,16 +6,35 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from deepsift.engines.aggregate import AggregationRule
 from deepsift.engines.backends import LoadedEngine
 from deepsift.engines.budgets import MediaBudget
+from deepsift.engines.codes import VerdictCode, check_status
 from deepsift.engines.decoders import Decoder, named_decoder
 from deepsift.engines.faces import FaceBox
 from deepsift.engines.media import MediaFacts
+
+
+class Outcome(NamedTuple):
+    """The verdict a job earned before inference (an error, or an abstention): its status, a code of the closed
+    ``VerdictCode`` enumeration, and a detail for people. Build it with ``error`` or ``abstained``, which refuse
+    a code that is not one of the enumeration's for that status."""
+
+    status: Literal["error", "abstained"]
+    code: VerdictCode
+    detail: str
+
+    @classmethod
+    def error(cls, code: str, detail: str) -> Outcome:
+        return cls("error", check_status(code, "error"), detail)
+
+    @classmethod
+    def abstained(cls, code: str, detail: str) -> Outcome:
+        return cls("abstained", check_status(code, "abstained"), detail)
 
 
 @dataclass(frozen=True)
@@ -54,7 +73,7 @@ class PreparedMedia:
     regions: tuple[Region, ...] = ()
     pixels: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
-    outcome: tuple[str, str, str] | None = None  # (status, code, detail) when no inference is needed
+    outcome: Outcome | None = None  # the verdict already earned, when no inference is needed
     decoder: str | None = None  # what decoded the frames (DecodedMedia.decoder)
     decoder_note: str | None = None  # why the preferred decoder was passed over (DecodedMedia.fallback_reason)
     # The engine it was prepared for (by its input contract); that engine scores it and names its verdict.

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import structlog
 
-from deepsift.daemon.pipeline import JudgeConfig, PreparedMedia, engine_identity, infer, verdict
+from deepsift.daemon.pipeline import JudgeConfig, Outcome, PreparedMedia, engine_identity, infer, verdict
 from deepsift.daemon.records import VerdictRecord
 from deepsift.daemon.stream.metrics import StreamMetrics
 from deepsift.daemon.stream.work import Judged, Work, put, take
@@ -112,7 +112,7 @@ def _verdict(work: Work, scores: EngineOutputs | Exception | None, engine: Loade
     except Exception as e:
         log.exception("verdict_failed", job_id=work.job_id)
         error = e
-    failed = replace(work.prepared, regions=(), pixels=None, outcome=("error", "internal_error", _describe(error)))
+    failed = replace(work.prepared, regions=(), pixels=None, outcome=Outcome.error("internal_error", _describe(error)))
     try:
         return verdict(failed, None, manifest, work.config)
     except Exception:  # even the error verdict cannot be built from what the job holds: build it bare

@@ -28,7 +28,7 @@ import structlog
 from deepsift.daemon.attempts import JobAttempts
 from deepsift.daemon.engine_watch import FaceDetectors
 from deepsift.daemon.paths import ScanEntry
-from deepsift.daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, engine_identity, prepare
+from deepsift.daemon.pipeline import JudgeConfig, MediaJob, Outcome, PreparedMedia, engine_identity, prepare
 from deepsift.daemon.pipeline.fetch import FetchPolicy, Resolver, fetch, fetch_job, redact_url, resolve_addresses
 from deepsift.daemon.repository import VerdictRepository
 from deepsift.daemon.sources.files import path_job, scan_job
@@ -107,7 +107,7 @@ def _prepare_path(
         if stored is not None:
             return Work(envelope, job.job_id, context.config, stored_id=stored)
         if problem is not None:
-            outcome = ("error", problem.code, problem.detail)
+            outcome = Outcome.error(problem.code, problem.detail)
             return Work(
                 envelope, job.job_id, context.config, PreparedMedia(job, None, None, outcome=outcome, engine=engine)
             )
@@ -143,7 +143,7 @@ def _prepare_fetched(
         detector = detectors.for_engine(engine.manifest)
     except Exception as e:  # e.g. after a switch to an engine whose detector cannot be built on this device
         log.exception("face_detector_unavailable", job_id=media.job_id, engine=engine.manifest.name)
-        outcome = ("error", "internal_error", f"face detector: {e!r}")
+        outcome = Outcome.error("internal_error", f"face detector: {e!r}")
         return PreparedMedia(media, None, None, outcome=outcome, engine=engine)
     return replace(prepare(media, engine.manifest, detector, config), engine=engine)
 
@@ -223,7 +223,7 @@ def _judged_before(
     log.warning("job_id_reused", job_id=job.job_id, verdict_id=stored, earlier_sha256=earlier, sha256=sha)
     detail = f"job id {job.job_id} was judged (verdict {stored}) for media sha256 {earlier}; this media is {sha}"
     media = MediaJob(derived, redact_url(job.media_url), source="kafka", metadata=dict(job.metadata))
-    prepared = PreparedMedia(media, sha, None, outcome=("error", "job_id_reused", detail), engine=engine)
+    prepared = PreparedMedia(media, sha, None, outcome=Outcome.error("job_id_reused", detail), engine=engine)
     return Work(envelope, derived, config, prepared)
 
 
@@ -279,7 +279,7 @@ def _invalid(envelope: Envelope, error: InvalidJob, context: PrepareContext, eng
     log.warning("invalid_job", job_id=job_id, topic=ticket.topic, partition=ticket.partition, offset=ticket.offset,
                 detail=error.detail)  # fmt: skip
     job = MediaJob(job_id=job_id, uri=uri, source="kafka")
-    prepared = PreparedMedia(job, None, None, outcome=("error", code, detail), engine=engine)
+    prepared = PreparedMedia(job, None, None, outcome=Outcome.error(code, detail), engine=engine)
     return Work(envelope, job_id, context.config, prepared)
 
 
@@ -292,7 +292,7 @@ def _safe_job_id(envelope: Envelope) -> str:
 
 def _failed(job: JobV1, code: str, detail: str, engine: LoadedEngine) -> PreparedMedia:
     media = MediaJob(job.job_id, redact_url(job.media_url), source="kafka", metadata=dict(job.metadata))
-    return PreparedMedia(media, None, None, outcome=("error", code, detail), engine=engine)
+    return PreparedMedia(media, None, None, outcome=Outcome.error(code, detail), engine=engine)
 
 
 def _check_media_type(job: JobV1, prepared: PreparedMedia) -> PreparedMedia:
@@ -301,7 +301,7 @@ def _check_media_type(job: JobV1, prepared: PreparedMedia) -> PreparedMedia:
     if job.media_type == "auto" or facts is None or prepared.outcome is not None or facts.media_type == job.media_type:
         return prepared
     detail = f"the job says {job.media_type}, the media is {facts.media_type}"
-    return replace(prepared, regions=(), pixels=None, outcome=("error", "media_type_mismatch", detail))
+    return replace(prepared, regions=(), pixels=None, outcome=Outcome.error("media_type_mismatch", detail))
 
 
 def prepare_guarded(envelope: Envelope, context: PrepareContext, detectors: FaceDetectors) -> Work:
@@ -331,7 +331,7 @@ def _internal_error(envelope: Envelope, config: JudgeConfig, detail: str) -> Wor
         media = MediaJob(
             _safe_job_id(envelope), f"kafka:{ticket.topic}/{ticket.partition}/{ticket.offset}", source="kafka"
         )
-    outcome = ("error", "internal_error", detail)
+    outcome = Outcome.error("internal_error", detail)
     return Work(envelope, media.job_id, config, PreparedMedia(media, None, None, outcome=outcome))
 
 

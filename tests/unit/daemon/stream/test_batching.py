@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from deepsift.daemon.pipeline import Outcome
 from deepsift.daemon.stream.batching import MicroBatcher, judge_batch
 from deepsift.daemon.stream.metrics import StreamMetrics
 from deepsift.engines.backends import load_engine
@@ -59,7 +60,7 @@ def test_one_batch_gives_one_verdict_per_job_and_none_for_jobs_judged_before(eng
     size = engine.manifest.input.size
     batch = [
         make_work(3, 0, size=size),
-        make_work(0, 1, outcome=("error", "not_media", "text")),
+        make_work(0, 1, outcome=Outcome.error("not_media", "text")),
         make_work(0, 2),  # judged before
         make_work(2, 3, size=size),
     ]
@@ -100,7 +101,7 @@ def test_a_batch_across_an_engine_switch_scores_each_job_with_its_own_engine(eng
         _for(make_work(3, 0, size=size), v1),
         _for(make_work(2, 1, size=size), v2),
         _for(make_work(1, 2, size=size), v1),
-        _for(make_work(0, 3, outcome=("error", "not_media", "text")), v1),
+        _for(make_work(0, 3, outcome=Outcome.error("not_media", "text")), v1),
         make_work(0, 4),  # judged before
     ]
     # When the batch is judged
@@ -152,7 +153,7 @@ class _Unreadable:
 
 
 def test_a_job_whose_error_verdict_cannot_be_built_either_gets_a_bare_one(engine, make_work):
-    work = make_work(0, 3, outcome=("error", "not_media", "why"))
+    work = make_work(0, 3, outcome=Outcome.error("not_media", "why"))
     work = replace(work, prepared=replace(work.prepared, facts=_Unreadable()))
     [judged] = judge_batch(engine, [work], StreamMetrics())
     record = judged.record
@@ -168,7 +169,7 @@ def test_an_engine_call_that_raises_fails_the_jobs_it_scored_not_the_stage(engin
 
     monkeypatch.setattr("deepsift.daemon.stream.batching.infer", broken_infer)
     size = engine.manifest.input.size
-    batch = [make_work(2, 0, size=size), make_work(0, 1, outcome=("error", "not_media", "t")), make_work(0, 2)]
+    batch = [make_work(2, 0, size=size), make_work(0, 1, outcome=Outcome.error("not_media", "t")), make_work(0, 2)]
     # When a batch is judged
     judged = judge_batch(engine, batch, StreamMetrics())
     # Then the job with pixels gets an inference_failed verdict; the others are as they would be

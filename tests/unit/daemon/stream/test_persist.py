@@ -12,6 +12,7 @@ from kafka.errors import MessageSizeTooLargeError
 from sqlalchemy import Engine, text
 
 from deepsift.daemon.broker.sink import KafkaSink
+from deepsift.daemon.pipeline import Outcome
 from deepsift.daemon.records import EngineIdentity, VerdictRecord
 from deepsift.daemon.repository import SavedVerdict, VerdictRepository
 from deepsift.daemon.stream.metrics import StreamMetrics
@@ -107,7 +108,7 @@ def test_an_error_verdict_is_dead_lettered_before_it_is_stored_and_announced_aft
     log = Log()
     producer = Producer(log)
     context = _context(Repository(log), producer)
-    work = make_work(0, 5, outcome=("error", "not_media", "why"))
+    work = make_work(0, 5, outcome=Outcome.error("not_media", "why"))
     completion = persist(Judged(work, _record("error", "not_media")), context)
     assert log.calls == ["send:dead", "save:error:not_media", "send:verdicts"]
     assert (completion.outcome, completion.code, completion.ticket) == ("error", "not_media", work.envelope.ticket)
@@ -193,7 +194,7 @@ def test_a_job_whose_error_verdict_is_refused_too_is_dead_lettered_and_still_com
     context = _real_context(database, producer)
     record = replace(_record("error", "not_media"), job_id="refused-1")
     # When it is persisted
-    completion = persist(Judged(make_work(0, 9, outcome=("error", "not_media", "why")), record), context)
+    completion = persist(Judged(make_work(0, 9, outcome=Outcome.error("not_media", "why")), record), context)
     # Then after a few tries it is completed as unstorable (its offset will be committed), with no row
     assert (completion.outcome, completion.code, completion.ticket.offset) == ("error", "unstorable", 9)
     assert context.repository.find_id("refused-1", ENGINE) is None
@@ -228,7 +229,9 @@ def test_a_result_event_the_broker_finds_too_large_is_sent_truncated(make_work, 
 def test_a_dead_letter_the_broker_finds_too_large_keeps_the_start_of_the_message(make_work, make_envelope, database):
     producer = Producer(Log(), max_bytes=100_000)
     context = _real_context(database, producer)
-    work = replace(make_work(0, 2, outcome=("error", "invalid_job", "why")), envelope=make_envelope(2, b"v" * 200_000))
+    work = replace(
+        make_work(0, 2, outcome=Outcome.error("invalid_job", "why")), envelope=make_envelope(2, b"v" * 200_000)
+    )
     completion = persist(Judged(work, replace(_record("error", "invalid_job"), job_id="huge-1")), context)
     assert completion.code == "invalid_job"
     [letter] = _letters(producer)

@@ -18,9 +18,9 @@ from sqlalchemy import Engine
 from deepsift.daemon.attempts import JobAttempts
 from deepsift.daemon.engine_watch import FaceDetectors
 from deepsift.daemon.pipeline import engine_identity
+from deepsift.daemon.pipeline.fetch import FetchPolicy
 from deepsift.daemon.records import VerdictRecord
 from deepsift.daemon.repository import VerdictRepository
-from deepsift.daemon.pipeline.fetch import FetchPolicy
 from deepsift.daemon.stream.jobs import encode_job, new_job
 from deepsift.daemon.stream.metrics import StreamMetrics
 from deepsift.daemon.stream.prepare import JobGuards, PrepareContext, prepare_message, prepare_worker
