@@ -111,9 +111,23 @@ def run_scan(
 def scan_results(services: Services, source: FilesSource) -> Iterator[ScanResult]:
     """Run the pipeline loop over ``source`` on a thread of its own, yielding each path's result in scan order.
 
-    Closing the iterator early stops the loop (a drain: what a stage started is still stored)."""
-    done: queue.Queue[Completion] = queue.Queue()
-    loop = PipelineLoop(replace(services, on_completion=done.put), source)
+    The loop runs only a few files ahead of the caller (``ahead``): a caller that stops reading for a while
+    holds the scan, and an engine promoted meanwhile judges the files after those few. Closing the iterator early
+    stops the loop (a drain: what a stage started is still stored)."""
+    lifecycle = services.lifecycle
+    done: queue.Queue[Completion] = queue.Queue(maxsize=1)
+
+    def report(completion: Completion) -> None:  # on the loop's thread: waits for the caller to read
+        while not lifecycle.hurry.is_set():
+            try:
+                done.put(completion, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    settings = services.settings
+    ahead = settings.model_copy(update={"max_in_flight": min(settings.max_in_flight, ahead_of_reader(settings))})
+    loop = PipelineLoop(replace(services, settings=ahead, on_completion=report), source)
     exit_status: list[int] = []
     thread = threading.Thread(target=lambda: exit_status.append(loop.run()), name="scan-loop", daemon=True)
     thread.start()
@@ -126,11 +140,12 @@ def scan_results(services: Services, source: FilesSource) -> Iterator[ScanResult
                 continue
             for ready in in_order.add(completion):
                 yield _result(ready, services.repository)
-        stopped = services.lifecycle.stopping.is_set() and not source.exhausted()
+        stopped = lifecycle.stopping.is_set() and not source.exhausted()
         for left in in_order.rest():  # only after a stop: a path whose verdict was stored out of turn
             yield _result(left, services.repository)
     finally:
-        services.lifecycle.request_stop()
+        lifecycle.stopping.set()  # nobody reads on: the loop drains without waiting to report
+        lifecycle.hurry.set()
         thread.join()
     if stopped:
         raise ScanFailed("stopped by a signal; the files after the last one reported were not judged")
@@ -138,6 +153,12 @@ def scan_results(services: Services, source: FilesSource) -> Iterator[ScanResult
         raise ScanFailed("a pipeline stage crashed (see the log); the files after it were not judged")
     if source.broken is not None:
         raise ScanFailed(f"listing the paths broke ({source.broken}); the files after it were not judged")
+
+
+def ahead_of_reader(settings: Settings) -> int:
+    """Files a scan keeps in flight beyond the one reported: enough to fill the prepare workers, the prepared
+    queue and a batch, and no more."""
+    return settings.prepare_workers + settings.prefetch + 2
 
 
 class _InOrder:

@@ -54,6 +54,7 @@ from deepsift.daemon.stream.work import Completion, Envelope
 log = structlog.get_logger(__name__)
 
 OBSERVE_EVERY_S = 5.0
+STAGE_EXIT_S = 10.0  # how long stopping waits for the stage threads to end
 
 
 @dataclass
@@ -127,6 +128,7 @@ class PipelineLoop:
         self._notified_ready = False
         self._last_progress = time.monotonic()
         self._stall_logged = False
+        self._threads: list[threading.Thread] = []
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -261,8 +263,20 @@ class PipelineLoop:
             self._spawn("attempts-sweep", sweep_attempts, attempts, self.source.positions, lifecycle.stop_now)
         s.metrics.watch_queues({"prepare": self.prepare_q, "infer": self.infer_q, "persist": self.persist_q})
 
+    def _join_stages(self) -> None:
+        """Wait a little for the stages to end: a process that exits while one is inside native code (a decoder,
+        the engine, a face detector) aborts. A stage still busy after ``STAGE_EXIT_S`` is left behind."""
+        deadline = time.monotonic() + STAGE_EXIT_S
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        busy = [t.name for t in self._threads if t.is_alive()]
+        if busy:
+            log.warning("stages_still_busy", stages=busy)
+
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
-        threading.Thread(target=self._guarded, args=(name, target, *args), name=name, daemon=True).start()
+        thread = threading.Thread(target=self._guarded, args=(name, target, *args), name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def _guarded(self, name: str, target: Callable[..., None], *args: object) -> None:
         """A stage that dies stops the daemon (exit 1, restart): its in-flight work would never finish."""
@@ -317,6 +331,7 @@ class PipelineLoop:
     def _stop(self) -> None:
         self.services.engines.stop()
         self.services.lifecycle.stop_now.set()
+        self._join_stages()
         self.source.close()
         self.services.sink.close()
         log.info("stopped", source=self.source.name)
