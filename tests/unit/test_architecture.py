@@ -144,3 +144,16 @@ def test_modules_and_functions_stay_small_enough_to_read(folder):
                     too_long_functions.append((relative, node.name, lines))
     assert too_long_modules == []
     assert too_long_functions == []
+
+
+def test_every_package_folder_is_in_the_distribution():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {**PACKAGES, "alembic": "deepsift.migrations"}
+    found = {
+        ".".join([name, *init.parent.relative_to(ROOT / folder).parts])
+        for folder, name in folders.items()
+        for init in (ROOT / folder).rglob("__init__.py")
+    }
+    assert found - listed == set()
