@@ -38,8 +38,7 @@ class _Progress:
     def timed(self, stage: str, since: float) -> None:
         self.timings[stage] = round((time.perf_counter() - since) * 1000.0, 2)
 
-    def failed(self, code: str, detail: str) -> PreparedMedia:
-        outcome = Outcome.error(code, detail)
+    def failed(self, outcome: Outcome) -> PreparedMedia:
         return PreparedMedia(self.job, self.sha256, self.facts, timings_ms=self.timings, outcome=outcome)
 
 
@@ -51,13 +50,13 @@ def prepare(
     try:
         return _stages(progress, manifest, detector, config)
     except PermanentError as e:
-        return progress.failed(e.code, e.detail)
+        return progress.failed(Outcome.error(e.code, e.detail))
     except MemoryError as e:  # an allocation the budgets did not foresee: this job's verdict, not the daemon's end
         log.error("prepare_out_of_memory", job_id=job.job_id, uri=job.uri)
-        return progress.failed("out_of_memory", repr(e))
+        return progress.failed(Outcome.error("out_of_memory", repr(e)))
     except Exception as e:  # a bug or an unforeseen library failure: this job fails, the daemon does not
         log.exception("prepare_failed", job_id=job.job_id, uri=job.uri)
-        return progress.failed("internal_error", repr(e))
+        return progress.failed(Outcome.error("internal_error", repr(e)))
 
 
 def _stages(
