@@ -127,7 +127,8 @@ def scan_results(services: Services, source: FilesSource) -> Iterator[ScanResult
 
     settings = services.settings
     ahead = settings.model_copy(update={"max_in_flight": min(settings.max_in_flight, ahead_of_reader(settings))})
-    loop = PipelineLoop(replace(services, settings=ahead, on_completion=report), source)
+    quiet = replace(services, settings=ahead, on_completion=report, verdict_log_level="debug")  # the table says it
+    loop = PipelineLoop(quiet, source)
     exit_status: list[int] = []
     thread = threading.Thread(target=lambda: exit_status.append(loop.run()), name="scan-loop", daemon=True)
     thread.start()

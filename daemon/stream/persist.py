@@ -51,6 +51,7 @@ class PersistContext:
     stop: threading.Event
     store_backoff: Backoff = STORE_BACKOFF
     outage_patience_s: float | None = None  # None: a database outage is waited out for as long as it lasts
+    verdict_log_level: str = "info"  # of the line each stored verdict logs (a scan prints a table instead)
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,9 @@ def _persist(judged: Judged, context: PersistContext) -> Completion:
         return _completion(work, "error", UNSTORABLE, stored)
     context.sink.publish(stored.record, stored.verdict_id)
     record = stored.record
-    log.info("verdict", job_id=record.job_id, uri=record.media_uri, status=record.status, label=record.label,
-             p_fake=record.p_fake, code=record.code, verdict_id=stored.verdict_id)  # fmt: skip
+    say = getattr(log, context.verdict_log_level)
+    say("verdict", job_id=record.job_id, uri=record.media_uri, status=record.status, label=record.label,
+        p_fake=record.p_fake, code=record.code, verdict_id=stored.verdict_id)  # fmt: skip
     return _completion(work, record.status, record.code, stored)
 
 

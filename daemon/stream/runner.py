@@ -109,6 +109,7 @@ class Services:
     probes: Callable[[threading.Event], None] | None = None  # readiness probes until the event (daemon run)
     on_completion: Callable[[Completion], None] | None = None  # told of each job acknowledged (scan's table)
     outage_patience_s: float | None = None  # how long a database outage is waited out per verdict; None: forever
+    verdict_log_level: str = "info"  # each stored verdict's log line; "debug" for a scan, whose table says it
 
 
 class PipelineLoop:
@@ -254,7 +255,13 @@ class PipelineLoop:
         self._spawn("infer", batch_worker, batcher, self.persist_q, s.engines.current, s.metrics, lifecycle.stop_now,
                     s.judge)  # fmt: skip
         persist_context = PersistContext(
-            s.repository, s.sink, self.watch, s.metrics, lifecycle.stop_now, outage_patience_s=s.outage_patience_s
+            s.repository,
+            s.sink,
+            self.watch,
+            s.metrics,
+            lifecycle.stop_now,
+            outage_patience_s=s.outage_patience_s,
+            verdict_log_level=s.verdict_log_level,
         )
         self._spawn("persist", persist_worker, self.persist_q, self.done_q, persist_context)
         if s.probes is not None:
