@@ -168,6 +168,23 @@ class VerdictRepository:
             row = session.scalar(query)
             return None if row is None else _to_record(row)
 
+    def ids_for_job(self, job_id: str) -> list[int]:
+        """The ids of every verdict stored for a job (each engine, each re-scoring), newest first."""
+        query = select(Verdict.id).where(Verdict.job_id == safe_text(job_id)).order_by(Verdict.id.desc())
+        with translate_outages(), self._sessions() as session:
+            return list(session.scalars(query))
+
+    def engine_manifest(self, engine: EngineIdentity) -> EngineManifest | None:
+        """The manifest of the engine a verdict names, if a daemon recorded it (``record_engine``)."""
+        query = select(EngineRow.manifest).where(
+            EngineRow.name == safe_text(engine.name),
+            EngineRow.version == engine.version,
+            EngineRow.artifact_sha256 == safe_text(engine.artifact_sha256),
+        )
+        with translate_outages(), self._sessions() as session:
+            document = session.scalar(query)
+            return None if document is None else EngineManifest.model_validate(document)
+
     def ping(self) -> None:
         """Raise ``RetryableError`` when the database cannot be reached (readiness checks)."""
         with translate_outages(), self._sessions() as session:
