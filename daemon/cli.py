@@ -1,5 +1,5 @@
 """The ``daemon`` command: ``run`` the Kafka service, ``submit`` jobs to it, ``scan`` local media into
-verdicts, ``db upgrade`` the schema."""
+verdicts, ``report`` a verdict as an HTML page, ``db upgrade`` the schema."""
 
 from __future__ import annotations
 
@@ -10,13 +10,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 import structlog
 
 from deepsift.daemon.logs import configure_logging
 from deepsift.daemon.settings import Settings
 from deepsift.engines.errors import DeepsiftError
+
+if TYPE_CHECKING:
+    from deepsift.daemon.repository import VerdictRepository
+    from deepsift.daemon.scan import ScanResult
 
 SCAN_EXIT_CODES = """\
 paths that cannot be read as files get error verdicts with one of these codes, and the scan goes on:
@@ -61,7 +65,7 @@ def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     import signal
 
     from deepsift.daemon.compose import build_services
-    from deepsift.daemon.scan import OUTAGE_PATIENCE_S, ScanFailed, ScanResult, exit_code, scan_results
+    from deepsift.daemon.scan import OUTAGE_PATIENCE_S, ScanFailed, exit_code, scan_results
     from deepsift.daemon.sources.files import FilesSource
     from deepsift.daemon.stream.sink import NoSink
     from deepsift.daemon.table import VerdictTable
@@ -81,10 +85,50 @@ def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
             table.footer(results)  # what was judged before the scan broke off; the error follows (exit 1)
             raise
         table.footer(results)
+        if args.report is not None:
+            index = _write_scan_report(args.report, args.paths, settings, services.repository, results)
+            print(f"report: {index}", file=out)
     finally:
         services.engines.stop()
         services.config.decoder.close()  # DALI's worker process, when it was started
     return exit_code(results)
+
+
+def _write_scan_report(
+    directory: Path, paths: Sequence[Path], settings: Settings, repository: VerdictRepository,
+    results: Sequence[ScanResult],
+) -> Path:  # fmt: skip
+    from deepsift.daemon.report.media import MediaAccess
+    from deepsift.daemon.report.pages import ReportSource, scan_title, write_scan_report
+
+    source = ReportSource(repository, MediaAccess.of(settings.media_roots))
+    verdicts = [(r.verdict_id, r.verdict) for r in results]
+    return write_scan_report(directory, verdicts, source, scan_title(paths))
+
+
+REPORT_NOT_FOUND = 3  # `daemon report`: no verdict has that id, or the job has none
+
+
+def cmd_report(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from deepsift.daemon.db import make_database
+    from deepsift.daemon.report.media import MediaAccess
+    from deepsift.daemon.report.pages import ReportSource, VerdictNotFound, write_page
+    from deepsift.daemon.repository import VerdictRepository
+
+    database = make_database(settings.database_url)
+    try:
+        source = ReportSource(VerdictRepository(database), MediaAccess.of(settings.media_roots))
+        try:
+            verdict_id = args.verdict_id if args.job_id is None else source.newest_for_job(args.job_id)
+            html = source.verdict_page(verdict_id)
+        except VerdictNotFound as e:
+            print(f"daemon report: {e} in {database.url.render_as_string(hide_password=True)}", file=sys.stderr)
+            return REPORT_NOT_FOUND
+        path = write_page(args.out or Path(f"verdict-{verdict_id}.html"), html)
+    finally:
+        database.dispose()
+    print(path, file=out)
+    return 0
 
 
 def _quiet_libraries(level: str) -> None:
@@ -123,6 +167,24 @@ def cmd_submit(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
     return 0
 
 
+def _add_report_parser(commands: argparse._SubParsersAction) -> None:
+    report = commands.add_parser(
+        "report",
+        help="write the HTML evidence page of one stored verdict",
+        description="Write a self-contained HTML page that shows why a verdict was made: the verdict and engine,\n"
+        "the P(fake) timeline, the most suspicious frames with their face boxes and crops, masks, media facts\n"
+        "and timings. Frames are re-read from the media while it is still there (scanned paths, or file:// media\n"
+        "under media_roots); downloaded media is not fetched again.",
+        epilog=f"exit status: 0 written, {REPORT_NOT_FOUND} no such verdict or job, 1 the database cannot be read",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = report.add_mutually_exclusive_group(required=True)
+    which.add_argument("verdict_id", nargs="?", type=int, help="the verdict's id (verdicts.id)")
+    which.add_argument("--job-id", help="the job's newest verdict instead")
+    report.add_argument("--out", type=Path, help="the page to write (default: verdict-<id>.html here)")
+    report.set_defaults(handler=cmd_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="daemon", description="deepsift daemon: media in, verdicts in SQL out")
     parser.add_argument("--database-url", help="SQLAlchemy URL (env DEEPSIFT_DATABASE_URL)")
@@ -142,7 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--engine-version", type=int, help="use this version instead of 'current'")
     scan.add_argument("--frames", type=int, help="frames sampled per video (env DEEPSIFT_FRAMES_PER_VIDEO)")
     scan.add_argument("--aggregation", help="mean | max | topk[:fraction] | quantile[:q] (env DEEPSIFT_AGGREGATION)")
+    scan.add_argument("--report", type=Path, metavar="DIR", help="also write an HTML page per verdict and an index")
     scan.set_defaults(handler=cmd_scan)
+
+    _add_report_parser(commands)
 
     run = commands.add_parser("run", help="the service: judge upload jobs from Kafka until SIGTERM")
     run.add_argument("--bootstrap-servers", help="Kafka host:port,… (env DEEPSIFT_KAFKA_BOOTSTRAP_SERVERS)")

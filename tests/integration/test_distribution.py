@@ -79,6 +79,7 @@ def test_the_wheel_holds_the_migrations_and_no_generic_top_level_import_name(whe
         assert f"deepsift/migrations/versions/{migration.name}" in names
     assert "deepsift/migrations/env.py" in names and "deepsift/migrations/script.py.mako" in names
     assert "deepsift/engines/recipes/demo-tiny.json" in names
+    assert "deepsift/daemon/report/templates/verdict.html.j2" in names
 
 
 def test_the_installed_wheel_migrates_and_scans_without_a_source_tree(
@@ -112,7 +113,7 @@ def test_the_installed_wheel_migrates_and_scans_without_a_source_tree(
 
     # When the schema is migrated and the photo scanned by the installed commands
     upgrade = run(str(installed / "daemon"), "db", "upgrade")
-    scan = run(str(installed / "daemon"), "scan", "photo.jpg")
+    scan = run(str(installed / "daemon"), "scan", "photo.jpg", "--report", "report")
 
     # Then both work, and the verdict is in the embedded SQLite database under the working folder
     assert upgrade.returncode == 0, upgrade.stderr
@@ -122,3 +123,6 @@ def test_the_installed_wheel_migrates_and_scans_without_a_source_tree(
         rows = db.execute("SELECT status, engine_name FROM verdicts").fetchall()
     assert {"verdicts", "engines", "job_attempts"} <= tables
     assert rows == [("ok", "tiny-full")]
+    # And the report's templates came with the wheel: the scan wrote its index and the verdict's page
+    assert "tiny-full" in (work / "report" / "verdict-1.html").read_text()
+    assert 'href="verdict-1.html"' in (work / "report" / "index.html").read_text()
