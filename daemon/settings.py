@@ -135,6 +135,10 @@ class Settings(BaseSettings):
     )
     health_host: str = Field(default="0.0.0.0", description="address of /healthz/live, /healthz/ready and /metrics")
     health_port: int = Field(default=8080, ge=0, le=65535, description="0 = any free port (tests)")
+    report_http: bool = Field(
+        default=False,
+        description="serve read-only verdict pages at /verdicts on the health port; they show uploaded media",
+    )
 
     @field_validator("aggregation")
     @classmethod

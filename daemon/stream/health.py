@@ -1,4 +1,5 @@
-"""Liveness, readiness and metrics over HTTP: ``/healthz/live``, ``/healthz/ready``, ``/metrics``.
+"""Liveness, readiness and metrics over HTTP: ``/healthz/live``, ``/healthz/ready``, ``/metrics``; and, when
+``report_http`` is on, the read-only verdict pages under ``/verdicts`` (``daemon.report.http``).
 
 Liveness means the main loop is turning (a hung loop gets the process restarted). Readiness means the
 daemon can do its job: the engine is loaded and warm, the consumer has joined its group, no dependency
@@ -16,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -96,10 +97,20 @@ class Health:
         return self.ready()[0]
 
 
-@dataclass(frozen=True)
+class Pages(Protocol):
+    """Extra read-only pages on the same port (``daemon.report.http.VerdictPages``)."""
+
+    def handles(self, path: str) -> bool: ...
+
+    def respond(self, path: str) -> Any: ...  # a daemon.report.http.Page
+
+
+@dataclass
 class _Routes:
     health: Health
     render_metrics: Callable[[], bytes]
+    pages: Pages | None = None  # set once the services are up (they read the database)
+    pages_enabled: bool = False
 
 
 def _handler(routes: _Routes) -> type[BaseHTTPRequestHandler]:
@@ -111,14 +122,29 @@ def _handler(routes: _Routes) -> type[BaseHTTPRequestHandler]:
                 ok, state = (routes.health.live if self.path.endswith("live") else routes.health.ready)()
                 body = json.dumps({"ok": ok, **state}).encode()
                 self._send(200 if ok else 503, body, "application/json")
+            elif routes.pages_enabled and self.path.startswith("/verdicts"):
+                self._page()
             else:
                 self._send(404, b'{"ok": false, "error": "not found"}', "application/json")
 
-        def _send(self, status: int, body: bytes, content_type: str) -> None:
+        def _page(self) -> None:
+            pages = routes.pages
+            if pages is None:
+                self._send(503, b'{"ok": false, "error": "starting: the verdict store is not open yet"}',
+                           "application/json")  # fmt: skip
+            elif not pages.handles(self.path):
+                self._send(404, b'{"ok": false, "error": "not found"}', "application/json")
+            else:
+                page = pages.respond(self.path)
+                self._send(page.status, page.body, page.content_type, page.headers)
+
+        def _send(self, status: int, body: bytes, content_type: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            for name, value in headers:
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
 
@@ -131,14 +157,22 @@ def _handler(routes: _Routes) -> type[BaseHTTPRequestHandler]:
 class HealthServer:
     """The probe and scrape endpoint, served from a daemon thread until ``close``."""
 
-    def __init__(self, health: Health, render_metrics: Callable[[], bytes], host: str, port: int) -> None:
-        self._server = ThreadingHTTPServer((host, port), _handler(_Routes(health, render_metrics)))
+    def __init__(
+        self, health: Health, render_metrics: Callable[[], bytes], host: str, port: int, pages: bool = False
+    ) -> None:
+        """``pages``: answer ``/verdicts`` with what ``serve_pages`` is given (503 until then); off: 404."""
+        self._routes = _Routes(health, render_metrics, pages_enabled=pages)
+        self._server = ThreadingHTTPServer((host, port), _handler(self._routes))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
+
+    def serve_pages(self, pages: Pages) -> None:
+        """Start answering ``/verdicts`` with ``pages``, if this server was made with ``pages=True``."""
+        self._routes.pages = pages
 
     def start(self) -> HealthServer:
         self._thread.start()

@@ -14,7 +14,7 @@ from deepsift.daemon import notify
 from deepsift.daemon.compose import build_services
 from deepsift.daemon.settings import Settings
 from deepsift.daemon.sources.base import SOURCES, SourceRequest
-from deepsift.daemon.stream.health import Health, HealthServer
+from deepsift.daemon.stream.health import Health, HealthServer, Pages
 from deepsift.daemon.stream.metrics import StreamMetrics
 from deepsift.daemon.stream.probes import watch_dependencies
 from deepsift.daemon.stream.retry import Abandoned, retry_forever
@@ -51,15 +51,29 @@ def start_services(settings: Settings, health: Health, metrics: StreamMetrics, l
     )
 
 
+def verdict_pages(settings: Settings, services: Services) -> Pages:
+    """The ``/verdicts`` pages (``report_http``): what the store holds; media re-read only under ``media_roots``."""
+    from deepsift.daemon.report.http import VerdictPages
+    from deepsift.daemon.report.media import MediaAccess
+    from deepsift.daemon.report.pages import ReportSource
+
+    log.warning("verdict_pages_served", path="/verdicts", note="pages show uploaded media: protect this port")
+    return VerdictPages(ReportSource(services.repository, MediaAccess.of(settings.media_roots)))
+
+
 def run_stream(settings: Settings) -> int:
     """The ``daemon run`` service: exit 0 after a drain, 1 when it cannot start or a stage crashed."""
     lifecycle, health, metrics = Lifecycle(), Health(), StreamMetrics()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lifecycle.request_stop)
-    server = HealthServer(health, metrics.render, settings.health_host, settings.health_port).start()
+    server = HealthServer(
+        health, metrics.render, settings.health_host, settings.health_port, pages=settings.report_http
+    ).start()
     log.info("health_listening", host=settings.health_host, port=server.port)
     try:
         services = start_services(settings, health, metrics, lifecycle)
+        if settings.report_http:
+            server.serve_pages(verdict_pages(settings, services))
         source = SOURCES.get("kafka")(SourceRequest(settings, health, metrics, Watch(health, metrics)))
         try:
             return PipelineLoop(services, source).run()
