@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo report-example test lint format clean
 
 $(STAMP): pyproject.toml requirements-test-broker.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,16 @@ demo: $(STAMP)
 	$(BIN)/trainer demo --media var/demo-media
 	$(BIN)/daemon db upgrade
 	$(BIN)/daemon scan var/demo-media
+
+# The README's screenshot of a demo report: the demo scan with --report, one page shot by headless chromium.
+REPORT_PAGE = $$(grep -l fake_clip_1 var/demo-report/verdict-*.html | head -1)
+report-example: demo
+	$(BIN)/daemon scan var/demo-media --report var/demo-report
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --user-data-dir=var/chromium \
+	  --virtual-time-budget=5000 --window-size=1280,1500 --screenshot=var/report-example.png \
+	  "file://$(CURDIR)/$(REPORT_PAGE)"
+	$(BIN)/python -c "from PIL import Image; Image.open('var/report-example.png').convert('RGB')\
+	  .resize((896, 1050), Image.Resampling.LANCZOS).save('daemon/report/example.jpg', quality=78, optimize=True)"
 
 test: $(STAMP)
 	$(BIN)/ruff check .
