@@ -85,8 +85,9 @@ def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
             table.footer(results)  # what was judged before the scan broke off; the error follows (exit 1)
             raise
         table.footer(results)
-        if args.report is not None:
-            index = _write_scan_report(args.report, args.paths, settings, services.repository, results)
+        report = getattr(args, "report", None)  # callers may build the namespace without it
+        if report is not None:
+            index = _write_scan_report(report, args.paths, settings, services.repository, results)
             print(f"report: {index}", file=out)
     finally:
         services.engines.stop()
