@@ -2,8 +2,9 @@
 engines that made them, and the small record of deliveries started (the poison-job guard).
 
 These classes mirror ``alembic/versions``; the migrations create the schema, and a test compares the
-two so they cannot drift. Only ``daemon.repository`` (verdicts, engines) and ``daemon.attempts``
-(``job_attempts``) should touch them; the rest of the daemon speaks ``daemon.records``.
+two so they cannot drift. Only ``daemon.repository`` (verdicts, engines), ``daemon.uploads`` (re-upload and
+near-duplicate look-ups) and ``daemon.attempts`` (``job_attempts``) should touch them; the rest of the daemon
+speaks ``daemon.records``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Verdict(Base):
         CheckConstraint("status IN ('ok', 'abstained', 'error')", name="status"),
         # (job_id, id) serves both job look-ups and "newest verdict per job" without touching the heap.
         Index("ix_verdicts_job_id_id", "job_id", "id"),
+        Index("ix_verdicts_media_sha256_engine", "media_sha256", "engine_name", "engine_version"),  # re-uploads
     )
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
@@ -97,10 +99,16 @@ class Verdict(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
     decoder: Mapped[str | None] = mapped_column(Text)  # pyav | dali (migration 0002)
     decoder_note: Mapped[str | None] = mapped_column(Text)  # why DALI was passed over; downscaled:<scale>
+    reused_from: Mapped[int | None] = mapped_column(RowId)  # verdicts.id an exact re-upload took over (0004)
+    content_credentials: Mapped[dict[str, Any] | None] = mapped_column(json_document())  # C2PA summary (0004)
 
     frames: Mapped[list[VerdictFrame]] = relationship(order_by="VerdictFrame.id")
     tracks: Mapped[list[VerdictTrack]] = relationship(order_by="VerdictTrack.id")
     masks: Mapped[list[VerdictMask]] = relationship(order_by="VerdictMask.id")
+    hashes: Mapped[list[VerdictHash]] = relationship(order_by="VerdictHash.id")
+    near_duplicates: Mapped[list[VerdictNearDuplicate]] = relationship(
+        order_by="VerdictNearDuplicate.id", foreign_keys="VerdictNearDuplicate.verdict_id"
+    )
 
 
 class VerdictFrame(Base):
@@ -148,6 +156,35 @@ class VerdictMask(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     png: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class VerdictHash(Base):
+    """The 64-bit perceptual hash of one judged image or sampled frame, and its four 16-bit chunks, each indexed:
+    every hash within Hamming distance d shares at least one chunk within d // 4 bits (multi-index hashing)."""
+
+    __tablename__ = "verdict_hashes"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    verdict_id: Mapped[int] = mapped_column(RowId, ForeignKey("verdicts.id"), index=True)
+    frame_index: Mapped[int] = mapped_column(Integer)
+    phash: Mapped[int] = mapped_column(BigInteger)  # signed: the unsigned hash minus 2**64 when it is >= 2**63
+    c0: Mapped[int] = mapped_column(Integer, index=True)
+    c1: Mapped[int] = mapped_column(Integer, index=True)
+    c2: Mapped[int] = mapped_column(Integer, index=True)
+    c3: Mapped[int] = mapped_column(Integer, index=True)
+
+
+class VerdictNearDuplicate(Base):
+    """A link from a verdict to an earlier one of perceptually similar media (a re-encode, resize or crop)."""
+
+    __tablename__ = "verdict_near_duplicates"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    verdict_id: Mapped[int] = mapped_column(RowId, ForeignKey("verdicts.id"), index=True)
+    earlier_verdict_id: Mapped[int] = mapped_column(RowId, ForeignKey("verdicts.id"), index=True)
+    distance: Mapped[int] = mapped_column(Integer)  # the smallest Hamming distance between their frames' hashes
+    matching_frames: Mapped[int] = mapped_column(Integer)  # this verdict's frames with a match in the earlier one
+    frames_compared: Mapped[int] = mapped_column(Integer)  # this verdict's frames that were hashed
 
 
 class EngineRow(Base):

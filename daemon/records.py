@@ -56,6 +56,25 @@ class MaskRecord:
 
 
 @dataclass(frozen=True)
+class FrameHashRecord:
+    """The 64-bit perceptual hash (unsigned) of one judged image or sampled frame."""
+
+    frame_index: int
+    phash: int
+
+
+@dataclass(frozen=True)
+class NearDuplicateRecord:
+    """An earlier verdict of perceptually similar media: its id, the smallest Hamming distance between the two
+    media's frame hashes, and how many of this media's hashed frames found a match."""
+
+    earlier_verdict_id: int
+    distance: int
+    matching_frames: int
+    frames_compared: int
+
+
+@dataclass(frozen=True)
 class VerdictRecord:
     job_id: str
     source: str  # "scan" | "kafka"
@@ -86,9 +105,13 @@ class VerdictRecord:
     decoder: str | None = None  # "pyav" | "dali": what decoded the frames
     decoder_note: str | None = None  # why DALI was passed over (variable_frame_rate, …); downscaled:<scale>
     created_at: datetime | None = None  # set by the database when None
+    reused_from: int | None = None  # the verdict an exact re-upload took its judgement from (no decode, no engine)
+    content_credentials: dict[str, Any] | None = None  # the C2PA manifest's summary (engines.provenance)
     frames: tuple[FrameScoreRecord, ...] = ()
     tracks: tuple[TrackSummaryRecord, ...] = ()
     masks: tuple[MaskRecord, ...] = ()
+    hashes: tuple[FrameHashRecord, ...] = ()
+    near_duplicates: tuple[NearDuplicateRecord, ...] = ()
 
     def __post_init__(self) -> None:
         """Refuse a code outside ``engines.codes.VerdictCode`` (the set is closed, so a dashboard can list every

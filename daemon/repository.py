@@ -25,15 +25,26 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
 from deepsift.daemon.db import session_factory, translate_outages
-from deepsift.daemon.models import EngineRow, Verdict, VerdictFrame, VerdictMask, VerdictTrack
+from deepsift.daemon.models import (
+    EngineRow,
+    Verdict,
+    VerdictFrame,
+    VerdictHash,
+    VerdictMask,
+    VerdictNearDuplicate,
+    VerdictTrack,
+)
 from deepsift.daemon.records import (
     EngineIdentity,
+    FrameHashRecord,
     FrameScoreRecord,
     MaskRecord,
+    NearDuplicateRecord,
     TrackSummaryRecord,
     VerdictRecord,
 )
 from deepsift.engines.manifest import EngineManifest
+from deepsift.engines.perceptual import chunks, signed, unsigned
 
 # The view the migration creates; only its key columns are needed to pick rows from ``verdicts``.
 _latest_verdicts = table("latest_verdicts", column("id"), column("job_id"))
@@ -65,6 +76,8 @@ _PLAIN_FIELDS = (
     "timings_ms",
     "decoder",
     "decoder_note",
+    "reused_from",
+    "content_credentials",
 )
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -232,7 +245,13 @@ class VerdictRepository:
             return row.id
 
 
-_WITH_CHILDREN = (selectinload(Verdict.frames), selectinload(Verdict.tracks), selectinload(Verdict.masks))
+_WITH_CHILDREN = (
+    selectinload(Verdict.frames),
+    selectinload(Verdict.tracks),
+    selectinload(Verdict.masks),
+    selectinload(Verdict.hashes),
+    selectinload(Verdict.near_duplicates),
+)
 
 
 def _engine_row(manifest: EngineManifest) -> EngineRow:
@@ -270,6 +289,8 @@ def _to_row(record: VerdictRecord) -> Verdict:
         frames=[_frame_row(frame) for frame in record.frames],
         tracks=[_track_row(track) for track in record.tracks],
         masks=[_mask_row(mask) for mask in record.masks],
+        hashes=[_hash_row(h) for h in record.hashes],
+        near_duplicates=[_near_duplicate_row(link) for link in record.near_duplicates],
     )
     if record.created_at is not None:
         row.created_at = _as_utc(record.created_at)
@@ -308,6 +329,20 @@ def _mask_row(mask: MaskRecord) -> VerdictMask:
     )
 
 
+def _hash_row(frame_hash: FrameHashRecord) -> VerdictHash:
+    c0, c1, c2, c3 = chunks(frame_hash.phash)
+    return VerdictHash(frame_index=frame_hash.frame_index, phash=signed(frame_hash.phash), c0=c0, c1=c1, c2=c2, c3=c3)
+
+
+def _near_duplicate_row(link: NearDuplicateRecord) -> VerdictNearDuplicate:
+    return VerdictNearDuplicate(
+        earlier_verdict_id=link.earlier_verdict_id,
+        distance=link.distance,
+        matching_frames=link.matching_frames,
+        frames_compared=link.frames_compared,
+    )
+
+
 def _to_record(row: Verdict) -> VerdictRecord:
     """Rebuild the frozen record; ``created_at`` always comes back timezone-aware (UTC)."""
     return VerdictRecord(
@@ -318,6 +353,11 @@ def _to_record(row: Verdict) -> VerdictRecord:
         frames=tuple(_frame_record(frame) for frame in row.frames),
         tracks=tuple(_track_record(track) for track in row.tracks),
         masks=tuple(_mask_record(mask) for mask in row.masks),
+        hashes=tuple(FrameHashRecord(h.frame_index, unsigned(h.phash)) for h in row.hashes),
+        near_duplicates=tuple(
+            NearDuplicateRecord(n.earlier_verdict_id, n.distance, n.matching_frames, n.frames_compared)
+            for n in row.near_duplicates
+        ),
     )
 
 

@@ -19,7 +19,22 @@ from deepsift.daemon.repository import VerdictRepository
 
 pytestmark = pytest.mark.integration
 
-SCHEMA_TABLES = {"verdicts", "verdict_frames", "verdict_tracks", "verdict_masks", "engines", "job_attempts"}
+SCHEMA_TABLES = {"verdicts", "verdict_frames", "verdict_tracks", "verdict_masks", "engines", "job_attempts",
+                 "verdict_hashes", "verdict_near_duplicates"}  # fmt: skip
+
+
+def insert_old_verdict(engine: object, job_id: str) -> int:
+    """A verdict row as any revision since 0001 holds it (the repository writes head's columns)."""
+    with engine.begin() as connection:  # type: ignore[attr-defined]
+        connection.execute(
+            text(
+                "INSERT INTO verdicts (job_id, source, media_uri, status, engine_name, engine_version, "
+                "engine_artifact_sha256, timings_ms, job_metadata) VALUES (:job, 'scan', 'file:///a', 'ok', "
+                "'demo', 1, :sha, '{}', '{}')"
+            ),
+            {"job": job_id, "sha": "a" * 64},
+        )
+        return connection.execute(text("SELECT id FROM verdicts WHERE job_id = :job"), {"job": job_id}).scalar_one()
 
 
 def schema_differences(url: str, metadata: MetaData) -> list[object]:
@@ -157,13 +172,12 @@ def test_0003_adds_job_attempts_to_a_populated_0002_database(
     upgrade_database(empty_database_url, "0002")
     engine = make_database(empty_database_url)
     try:
-        verdict = make_verdict()
-        saved = VerdictRepository(engine).save(verdict)
+        saved = insert_old_verdict(engine, "job-at-0002")
         assert "job_attempts" not in schema_objects(empty_database_url)[0]
         # When it is upgraded to head
         upgrade_database(empty_database_url)
         # Then the verdict is still there, and deliveries are counted per message
-        assert VerdictRepository(engine).get(saved.id).job_id == verdict.job_id
+        assert VerdictRepository(engine).get(saved).job_id == "job-at-0002"
         attempts = JobAttempts(engine)
         assert [attempts.started("jobs", 0, 9, "j-1") for _ in range(2)] == [1, 2]
         # and the table is not append-only like the verdicts: finished rows can be deleted
@@ -192,5 +206,65 @@ def test_downgrading_0003_removes_job_attempts_and_keeps_verdicts(
         # and upgrading again brings an empty job_attempts back
         upgrade_database(empty_database_url)
         assert JobAttempts(engine).attempts("jobs", 0, 1) == 0
+    finally:
+        engine.dispose()
+
+
+def test_0004_adds_upload_signals_to_a_populated_0003_database(
+    empty_database_url: str, make_verdict: Callable[..., VerdictRecord]
+) -> None:
+    # Given a database at 0003 holding a verdict
+    upgrade_database(empty_database_url, "0003")
+    engine = make_database(empty_database_url)
+    try:
+        old = insert_old_verdict(engine, "job-at-0003")
+        # When it is upgraded to head
+        upgrade_database(empty_database_url)
+        # Then the old verdict reads back with no signals, through the view too
+        repository = VerdictRepository(engine)
+        record = repository.get(old)
+        assert (record.reused_from, record.content_credentials, record.hashes, record.near_duplicates) == (
+            None, None, (), ()
+        )  # fmt: skip
+        with engine.connect() as connection:
+            row = connection.execute(text("SELECT reused_from, content_credentials FROM latest_verdicts")).one()
+        assert tuple(row) == (None, None)
+        # And new verdicts carry hashes (the full 64-bit range), links and credentials, append-only
+        from deepsift.daemon.records import FrameHashRecord, NearDuplicateRecord
+
+        hashes = (FrameHashRecord(0, (1 << 64) - 1), FrameHashRecord(3, 0x0123456789ABCDEF))
+        credentials = {"state": "invalid", "errors": ["assertion.dataHash.mismatch"]}
+        saved = repository.save(make_verdict(hashes=hashes, near_duplicates=(NearDuplicateRecord(old, 3, 1, 2),),
+                                             content_credentials=credentials, reused_from=old))  # fmt: skip
+        record = repository.get(saved.id)
+        assert record.hashes == hashes and record.near_duplicates == (NearDuplicateRecord(old, 3, 1, 2),)
+        assert record.content_credentials == credentials and record.reused_from == old
+        for table in ("verdict_hashes", "verdict_near_duplicates"):
+            with pytest.raises(Exception, match="append-only"), engine.begin() as connection:
+                connection.execute(text(f"DELETE FROM {table}"))
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_0004_removes_the_signals_and_keeps_verdicts(
+    empty_database_url: str, make_verdict: Callable[..., VerdictRecord]
+) -> None:
+    upgrade_database(empty_database_url)
+    engine = make_database(empty_database_url)
+    try:
+        from deepsift.daemon.records import FrameHashRecord
+
+        saved = VerdictRepository(engine).save(make_verdict(hashes=(FrameHashRecord(0, 5),)))
+        engine.dispose()
+        downgrade_database(empty_database_url, "0003")
+        tables, views = schema_objects(empty_database_url)
+        assert not tables & {"verdict_hashes", "verdict_near_duplicates"} and views == {"latest_verdicts"}
+        columns = {c["name"] for c in inspect(engine).get_columns("verdicts")}
+        assert not columns & {"reused_from", "content_credentials"}
+        with engine.connect() as connection:
+            found = connection.execute(text("SELECT id FROM latest_verdicts WHERE id = :id"), {"id": saved.id})
+            assert found.scalar_one() == saved.id
+        upgrade_database(empty_database_url)
+        assert VerdictRepository(engine).get(saved.id).hashes == ()
     finally:
         engine.dispose()
