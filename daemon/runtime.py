@@ -10,10 +10,13 @@ from pathlib import Path
 import structlog
 
 from deepsift.daemon.pipeline import JudgeConfig
+from deepsift.daemon.pipeline.records import UploadSignals
 from deepsift.daemon.settings import Settings
+from deepsift.daemon.uploads import NearDuplicatePolicy, ReusePolicy
 from deepsift.engines.backends import BackendOptions, LoadedEngine, load_engine
 from deepsift.engines.budgets import MediaBudget
 from deepsift.engines.decoders import Decoder, DecoderOptions, open_decoder
+from deepsift.engines.errors import DeepsiftError
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +52,29 @@ def judge_config(settings: Settings, decoder: Decoder) -> JudgeConfig:
         max_media_bytes=settings.max_media_bytes,
         masks=settings.masks,
         budget=media_budget(settings),
+        signals=upload_signals(settings),
+    )
+
+
+def upload_signals(settings: Settings) -> UploadSignals:
+    """What prepare records beside the judgement; the C2PA trust anchors are read once, at start-up."""
+    anchors = settings.content_credentials_trust_anchors
+    try:
+        pem = anchors.read_text(encoding="ascii") if anchors is not None else None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DeepsiftError(f"content_credentials_trust_anchors: cannot read {anchors}: {e}") from e
+    return UploadSignals(settings.perceptual_hashes, settings.content_credentials, pem)
+
+
+def reuse_policy(settings: Settings) -> ReusePolicy:
+    return ReusePolicy(settings.reuse_verdicts, settings.reuse_max_age_s)
+
+
+def near_duplicate_policy(settings: Settings) -> NearDuplicatePolicy:
+    return NearDuplicatePolicy(
+        settings.near_duplicates and settings.perceptual_hashes,
+        settings.near_duplicate_max_distance,
+        settings.near_duplicate_min_fraction,
     )
 
 

@@ -55,6 +55,20 @@ class Settings(BaseSettings):
     dali_max_duration_s: float = Field(default=1800.0, gt=0, description="longer videos go to PyAV")
     device: str = Field(default="cpu", description="torch device: face detection, GPU preprocessing, torch engines")
     masks: bool = Field(default=False, description="store tamper masks where the engine makes them (scan; jobs ask)")
+    reuse_verdicts: bool = Field(
+        default=True, description="answer an exact re-upload (same sha256, engine version) from its earlier verdict"
+    )
+    reuse_max_age_s: float | None = Field(default=None, gt=0, description="oldest verdict a re-upload may reuse")
+    perceptual_hashes: bool = Field(default=True, description="store a pHash per judged image or sampled frame")
+    near_duplicates: bool = Field(default=True, description="link verdicts of perceptually similar earlier media")
+    near_duplicate_max_distance: int = Field(default=7, ge=0, le=31, description="Hamming distance of a match (of 64)")
+    near_duplicate_min_fraction: float = Field(
+        default=0.5, gt=0.0, le=1.0, description="share of a video's looked-up frames that must match"
+    )
+    content_credentials: bool = Field(default=True, description="read and store C2PA Content Credentials")
+    content_credentials_trust_anchors: Path | None = Field(
+        default=None, description="PEM bundle of the C2PA roots a signer must chain to for 'valid' (e.g. the C2PA list)"
+    )
     inference_threads: int = Field(default=0, ge=0, description="engine threads; 0 = runtime default")
     prefetch: int = Field(default=2, ge=1, le=64, description="media decoded ahead of inference")
     max_media_bytes: int = Field(default=2 << 30, gt=0, description="larger media become error verdicts")

@@ -27,6 +27,8 @@ def verdict(
 ) -> VerdictRecord:
     """Aggregate one job's engine outputs (or calibrated P(fake) per region) into its verdict, or turn its
     recorded failure into one."""
+    if prepared.reused is not None:
+        return _reused(prepared)
     common = _common(prepared, manifest, config)
     if prepared.outcome is not None:
         status, code, detail = prepared.outcome
@@ -53,6 +55,9 @@ def _common(prepared: PreparedMedia, manifest: EngineManifest, config: JudgeConf
         metadata=dict(prepared.job.metadata),
         decoder=prepared.decoder,
         decoder_note=prepared.decoder_note,
+        content_credentials=prepared.credentials,
+        hashes=prepared.hashes,
+        near_duplicates=prepared.near_duplicates,
     )
     if facts is not None:
         common.update(
@@ -66,6 +71,33 @@ def _common(prepared: PreparedMedia, manifest: EngineManifest, config: JudgeConf
             size_bytes=facts.size_bytes,
         )
     return common
+
+
+# What a re-upload's verdict takes over from the earlier one: the judgement and the facts of the same bytes.
+_REUSED_FIELDS = (
+    "status", "label", "p_fake", "class_probs", "threshold", "code", "detail", "aggregation", "frames_requested",
+    "frames_sampled", "media_type", "container", "codec", "width", "height", "fps", "duration_s", "size_bytes",
+    "content_credentials",
+)  # fmt: skip
+
+
+def _reused(prepared: PreparedMedia) -> VerdictRecord:
+    """An exact re-upload's own verdict: the earlier verdict's judgement, this job's id, URI, metadata and timings,
+    ``reused_from`` naming the verdict (scores, tracks and masks stay with it)."""
+    assert prepared.reused is not None
+    earlier = prepared.reused.record
+    job = prepared.job
+    return VerdictRecord(
+        job_id=job.job_id,
+        source=job.source,
+        media_uri=job.uri,
+        engine=earlier.engine,
+        media_sha256=prepared.media_sha256,
+        timings_ms=dict(prepared.timings_ms),
+        metadata=dict(job.metadata),
+        reused_from=prepared.reused.verdict_id,
+        **{name: getattr(earlier, name) for name in _REUSED_FIELDS},
+    )
 
 
 def _scored(

@@ -9,18 +9,22 @@ the engine takes as it is; from PyAV it is a numpy array.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
 from deepsift.daemon.pipeline.decode import decode, decoder_note
 from deepsift.daemon.pipeline.fetch import fetch
-from deepsift.daemon.pipeline.records import JudgeConfig, MediaJob, Outcome, PreparedMedia
+from deepsift.daemon.pipeline.provenance import content_credentials
+from deepsift.daemon.pipeline.records import JudgeConfig, MediaJob, Outcome, PreparedMedia, ReusedVerdict
 from deepsift.daemon.pipeline.regions import find_regions
+from deepsift.daemon.records import FrameHashRecord
 from deepsift.engines.errors import PermanentError
 from deepsift.engines.faces import FaceDetector
 from deepsift.engines.manifest import EngineManifest
 from deepsift.engines.media import MediaFacts
+from deepsift.engines.perceptual import frame_hashes
 from deepsift.engines.preprocess import preprocess_batch
 
 log = structlog.get_logger(__name__)
@@ -42,13 +46,23 @@ class _Progress:
         return PreparedMedia(self.job, self.sha256, self.facts, timings_ms=self.timings, outcome=outcome)
 
 
+Reuse = Callable[[str], ReusedVerdict | None]  # media sha256 → an earlier verdict of the same bytes to answer from
+
+
 def prepare(
-    job: MediaJob, manifest: EngineManifest, detector: FaceDetector | None, config: JudgeConfig
+    job: MediaJob,
+    manifest: EngineManifest,
+    detector: FaceDetector | None,
+    config: JudgeConfig,
+    reuse: Reuse | None = None,
 ) -> PreparedMedia:
-    """Fetch, decode, find regions and preprocess one job for ``manifest``'s engine; failures are recorded."""
+    """Fetch, decode, find regions and preprocess one job for ``manifest``'s engine; failures are recorded.
+
+    Once the media is hashed, ``reuse`` may name an earlier verdict of the same bytes: the job is then answered
+    from it, and nothing is decoded."""
     progress = _Progress(job)
     try:
-        return _stages(progress, manifest, detector, config)
+        return _stages(progress, manifest, detector, config, reuse)
     except PermanentError as e:
         return progress.failed(Outcome.error(e.code, e.detail))
     except MemoryError as e:  # an allocation the budgets did not foresee: this job's verdict, not the daemon's end
@@ -60,16 +74,37 @@ def prepare(
 
 
 def _stages(
-    progress: _Progress, manifest: EngineManifest, detector: FaceDetector | None, config: JudgeConfig
+    progress: _Progress,
+    manifest: EngineManifest,
+    detector: FaceDetector | None,
+    config: JudgeConfig,
+    reuse: Reuse | None,
 ) -> PreparedMedia:
     t = time.perf_counter()
     media, progress.sha256 = fetch(progress.job, config.max_media_bytes)
     progress.timed("fetch", t)
+    if reuse is not None:
+        t = time.perf_counter()
+        earlier = reuse(progress.sha256)
+        progress.timed("reuse_lookup", t)
+        if earlier is not None:
+            return PreparedMedia(progress.job, progress.sha256, None, timings_ms=progress.timings, reused=earlier)
+    credentials = None
+    if config.signals.credentials:
+        t = time.perf_counter()
+        credentials = content_credentials(media, config.signals.trust_anchors)
+        progress.timed("credentials", t)
     t = time.perf_counter()
     decoded = decode(media, config)
     progress.facts = decoded.facts
     progress.timed("decode", t)
-    decoded_by = {"decoder": decoded.decoder, "decoder_note": decoder_note(decoded)}
+    hashes: tuple[FrameHashRecord, ...] = ()
+    if config.signals.perceptual_hashes:
+        t = time.perf_counter()
+        hashes = tuple(FrameHashRecord(index, value) for index, value in frame_hashes(decoded.frames))
+        progress.timed("hashes", t)
+    known = {"decoder": decoded.decoder, "decoder_note": decoder_note(decoded), "hashes": hashes,
+                  "credentials": credentials}  # fmt: skip
     t = time.perf_counter()
     regions, crops = find_regions(decoded, manifest, detector, config.budget.detect_max_side)
     progress.timed("faces" if manifest.input.crop_mode == "face" else "regions", t)
@@ -78,9 +113,9 @@ def _stages(
         detail = f"no face with confidence > {manifest.input.min_face_confidence} in {sampled} frames"
         outcome = Outcome.abstained("no_face", detail)
         return PreparedMedia(progress.job, progress.sha256, progress.facts, sampled, timings_ms=progress.timings,
-                             outcome=outcome, **decoded_by)  # fmt: skip
+                             outcome=outcome, **known)  # fmt: skip
     t = time.perf_counter()
     pixels = preprocess_batch(crops, manifest.input)
     progress.timed("preprocess", t)
     return PreparedMedia(progress.job, progress.sha256, progress.facts, sampled, tuple(regions), pixels,
-                         progress.timings, **decoded_by)  # fmt: skip
+                         progress.timings, **known)  # fmt: skip

@@ -10,6 +10,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
+from deepsift.daemon.records import FrameHashRecord, NearDuplicateRecord, VerdictRecord
 from deepsift.engines.aggregate import AggregationRule
 from deepsift.engines.backends import LoadedEngine
 from deepsift.engines.budgets import MediaBudget
@@ -78,6 +79,28 @@ class PreparedMedia:
     decoder_note: str | None = None  # why the preferred decoder was passed over (DecodedMedia.fallback_reason)
     # The engine it was prepared for (by its input contract); that engine scores it and names its verdict.
     engine: LoadedEngine | None = field(default=None, compare=False, repr=False)
+    reused: ReusedVerdict | None = None  # an exact re-upload: answered from this verdict, never decoded
+    hashes: tuple[FrameHashRecord, ...] = ()  # perceptual hashes of the decoded frames
+    near_duplicates: tuple[NearDuplicateRecord, ...] = ()  # earlier verdicts of similar media
+    credentials: dict[str, Any] | None = None  # the C2PA manifest's summary, when the media carries one
+
+
+@dataclass(frozen=True)
+class ReusedVerdict:
+    """The earlier verdict an exact re-upload is answered from (same bytes, same engine version)."""
+
+    verdict_id: int
+    record: VerdictRecord
+
+
+@dataclass(frozen=True)
+class UploadSignals:
+    """What prepare records beside the engine's judgement: perceptual hashes of the decoded frames and the
+    media's Content Credentials."""
+
+    perceptual_hashes: bool = True
+    credentials: bool = True
+    trust_anchors: str | None = field(default=None, repr=False)  # PEM roots for a "valid" credentials state
 
 
 @dataclass(frozen=True)
@@ -91,6 +114,7 @@ class JudgeConfig:
     masks: bool = False  # store tamper masks, where the engine makes them
     max_masks: int = 8  # masks per verdict: the most suspicious regions
     budget: MediaBudget = field(default_factory=MediaBudget)  # pixel, length and frame-memory limits of one job
+    signals: UploadSignals = field(default_factory=UploadSignals)
 
     def __post_init__(self) -> None:
         if isinstance(self.decoder, str):

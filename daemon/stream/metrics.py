@@ -44,6 +44,15 @@ class StreamMetrics:
         self.lag = Gauge(
             "deepsift_consumer_lag", "Log end offset minus committed offset", ["topic", "partition"], registry=r
         )
+        self.reused = Counter("deepsift_verdicts_reused", "Exact re-uploads answered from an earlier verdict",
+                              registry=r)  # fmt: skip
+        self.near_duplicates = Counter(
+            "deepsift_near_duplicate_links", "Links stored from a verdict to an earlier similar one", registry=r
+        )
+        self.credentials = Counter(
+            "deepsift_content_credentials", "Verdicts of media carrying C2PA credentials, by state", ["state"],
+            registry=r,
+        )  # fmt: skip
         self.engine = Gauge("deepsift_engine_info", "The engine served (value 1)", ["name", "version"], registry=r)
 
     def watch_queues(self, queues: Mapping[str, queue.Queue]) -> None:

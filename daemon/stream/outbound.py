@@ -79,6 +79,8 @@ def verdict_event(record: VerdictRecord, verdict_id: int, form: Form = "full") -
         "media_sha256": record.media_sha256,
         "media_type": record.media_type,
         "engine": {"name": record.engine.name, "version": record.engine.version},
+        "reused_from": record.reused_from,  # an exact re-upload: the verdict whose judgement it repeats
+        "near_duplicates": [link.earlier_verdict_id for link in record.near_duplicates],
         "metadata": record.metadata if form == "full" else {"truncated": True, "bytes": _json_bytes(record.metadata)},
         "committed_at": _now(),
         "truncated": form != "full",

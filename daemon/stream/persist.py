@@ -88,10 +88,21 @@ def _persist(judged: Judged, context: PersistContext) -> Completion:
         return _completion(work, "error", UNSTORABLE, stored)
     context.sink.publish(stored.record, stored.verdict_id)
     record = stored.record
+    if stored.created:
+        _count_signals(record, context.metrics)
     say = getattr(log, context.verdict_log_level)
     say("verdict", job_id=record.job_id, uri=record.media_uri, status=record.status, label=record.label,
         p_fake=record.p_fake, code=record.code, verdict_id=stored.verdict_id)  # fmt: skip
     return _completion(work, record.status, record.code, stored)
+
+
+def _count_signals(record: VerdictRecord, metrics: StreamMetrics) -> None:
+    if record.reused_from is not None:
+        metrics.reused.inc()
+    if record.near_duplicates:
+        metrics.near_duplicates.inc(len(record.near_duplicates))
+    if record.content_credentials is not None:
+        metrics.credentials.labels(state=str(record.content_credentials.get("state"))).inc()
 
 
 def _skipped(work: Work, context: PersistContext) -> Completion:

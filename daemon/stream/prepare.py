@@ -36,7 +36,9 @@ from deepsift.daemon.stream.jobs import InvalidJob, JobV1, invalid_job_id, parse
 from deepsift.daemon.stream.metrics import StreamMetrics
 from deepsift.daemon.stream.offsets import Ticket
 from deepsift.daemon.stream.retry import Abandoned, DependencyWatch, retry_forever
+from deepsift.daemon.stream.signals import reuse_lookup, with_near_duplicates
 from deepsift.daemon.stream.work import Envelope, Work, put, take
+from deepsift.daemon.uploads import NearDuplicatePolicy, ReusePolicy, UploadHistory
 from deepsift.engines.backends import LoadedEngine
 from deepsift.engines.errors import PermanentError
 
@@ -72,6 +74,9 @@ class PrepareContext:
     is_current: Callable[[Ticket], bool]  # False once the ticket's partition was revoked
     guards: JobGuards
     resolve: Resolver = resolve_addresses
+    history: UploadHistory | None = None  # re-uploads and near-duplicates (daemon.uploads); None: neither
+    reuse: ReusePolicy = field(default_factory=ReusePolicy)
+    near: NearDuplicatePolicy = field(default_factory=NearDuplicatePolicy)
 
 
 def prepare_message(envelope: Envelope, context: PrepareContext, detectors: FaceDetectors) -> Work:
@@ -111,7 +116,8 @@ def _prepare_path(
             return Work(
                 envelope, job.job_id, context.config, PreparedMedia(job, None, None, outcome=outcome, engine=engine)
             )
-        return Work(envelope, job.job_id, context.config, _prepare_fetched(job, context.config, detectors, engine))
+        prepared = _prepare_fetched(job, context.config, detectors, engine, context)
+        return Work(envelope, job.job_id, context.config, prepared)
 
 
 def _prepare_media(
@@ -129,23 +135,26 @@ def _prepare_media(
         log.exception("fetch_failed_unexpectedly", job_id=job.job_id)
         return _failed(job, "internal_error", repr(e), engine)
     located_ms = round((time.perf_counter() - started) * 1000.0, 2)  # the guards, and a download
-    prepared = _prepare_fetched(media, config, detectors, engine)
+    prepared = _prepare_fetched(media, config, detectors, engine, context)
     fetch_ms = round(located_ms + prepared.timings_ms.get("fetch", 0.0), 2)  # one fetch: located, bounded, hashed
     prepared = replace(prepared, timings_ms={**prepared.timings_ms, "fetch": fetch_ms})
     return _check_media_type(job, prepared)
 
 
 def _prepare_fetched(
-    media: MediaJob, config: JudgeConfig, detectors: FaceDetectors, engine: LoadedEngine
+    media: MediaJob, config: JudgeConfig, detectors: FaceDetectors, engine: LoadedEngine, context: PrepareContext
 ) -> PreparedMedia:
-    """Decode, find faces and preprocess media at hand (a local file, or bytes fetched) for ``engine``."""
+    """Decode, find faces and preprocess media at hand (a local file, or bytes fetched) for ``engine``; an exact
+    re-upload is answered from its earlier verdict instead, and near-duplicates are looked up (``signals``)."""
     try:
         detector = detectors.for_engine(engine.manifest)
     except Exception as e:  # e.g. after a switch to an engine whose detector cannot be built on this device
         log.exception("face_detector_unavailable", job_id=media.job_id, engine=engine.manifest.name)
         outcome = Outcome.error("internal_error", f"face detector: {e!r}")
         return PreparedMedia(media, None, None, outcome=outcome, engine=engine)
-    return replace(prepare(media, engine.manifest, detector, config), engine=engine)
+    reuse = reuse_lookup(context, engine, config, media.job_id)
+    prepared = replace(prepare(media, engine.manifest, detector, config, reuse), engine=engine)
+    return with_near_duplicates(prepared, context)
 
 
 def _too_many_frames(job: JobV1, guards: JobGuards) -> tuple[str, str] | None:
@@ -297,11 +306,15 @@ def _failed(job: JobV1, code: str, detail: str, engine: LoadedEngine) -> Prepare
 
 def _check_media_type(job: JobV1, prepared: PreparedMedia) -> PreparedMedia:
     """A job that declares video or image must get that; a mismatch is the producer's error, not a guess."""
-    facts = prepared.facts
-    if job.media_type == "auto" or facts is None or prepared.outcome is not None or facts.media_type == job.media_type:
+    if prepared.reused is not None:  # not decoded: the earlier verdict of the same bytes knows what they are
+        media_type = prepared.reused.record.media_type
+    else:
+        media_type = prepared.facts.media_type if prepared.facts is not None else None
+    if job.media_type == "auto" or media_type is None or prepared.outcome is not None or media_type == job.media_type:
         return prepared
-    detail = f"the job says {job.media_type}, the media is {facts.media_type}"
-    return replace(prepared, regions=(), pixels=None, outcome=Outcome.error("media_type_mismatch", detail))
+    detail = f"the job says {job.media_type}, the media is {media_type}"
+    return replace(prepared, regions=(), pixels=None, reused=None,
+                   outcome=Outcome.error("media_type_mismatch", detail))  # fmt: skip
 
 
 def prepare_guarded(envelope: Envelope, context: PrepareContext, detectors: FaceDetectors) -> Work:

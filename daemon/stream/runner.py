@@ -40,6 +40,7 @@ from deepsift.daemon.engine_watch import EngineSource, FaceDetectors
 from deepsift.daemon.pipeline import JudgeConfig, verdict
 from deepsift.daemon.pipeline.fetch import FetchPolicy
 from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.runtime import near_duplicate_policy, reuse_policy
 from deepsift.daemon.settings import Settings
 from deepsift.daemon.sources.base import JobSource
 from deepsift.daemon.stream.batching import Judge, MicroBatcher, batch_worker
@@ -50,6 +51,7 @@ from deepsift.daemon.stream.prepare import JobGuards, PrepareContext, prepare_wo
 from deepsift.daemon.stream.retry import Abandoned
 from deepsift.daemon.stream.sink import ResultSink
 from deepsift.daemon.stream.work import Completion, Envelope
+from deepsift.daemon.uploads import UploadHistory
 
 log = structlog.get_logger(__name__)
 
@@ -246,6 +248,9 @@ class PipelineLoop:
             stop=lifecycle.stop_now,
             is_current=self.source.owns,
             guards=guards,
+            history=UploadHistory(s.repository),
+            reuse=reuse_policy(self.settings),
+            near=near_duplicate_policy(self.settings),
         )
         for i in range(self.settings.prepare_workers):
             self._spawn(f"prepare-{i}", prepare_worker, self.prepare_q, self.infer_q, prepare_context, s.detectors())

@@ -198,10 +198,10 @@ def test_a_job_whose_preparation_raises_gets_an_internal_error_and_the_scan_goes
     paths = [_image(tmp_path / f"{name}.png", seed) for seed, name in enumerate("abc")]
     real_prepare = prepare_stage.prepare
 
-    def prepare(media, manifest, detector, config):
+    def prepare(media, manifest, detector, config, reuse=None):
         if media.path.name == "b.png":
             raise RuntimeError("decoder bug")
-        return real_prepare(media, manifest, detector, config)
+        return real_prepare(media, manifest, detector, config, reuse)
 
     monkeypatch.setattr(prepare_stage, "prepare", prepare)
     # When they are scanned, each has its verdict, in order, and the bug is the second one's internal_error
