@@ -44,6 +44,8 @@ SAME_SETTINGS = {
     "DEEPSIFT_FRAMES_PER_VIDEO": "8",
     "DEEPSIFT_BATCH_MAX_FRAMES": "1",  # each job its own engine batch (see the module docstring)
     "DEEPSIFT_INFERENCE_THREADS": "1",
+    # Both commands judge the same bytes on one database: with reuse, the second would answer from the first.
+    "DEEPSIFT_REUSE_VERDICTS": "false",
 }
 
 

@@ -37,9 +37,9 @@ def _bad_files(folder: Path, good_clip: Path) -> dict[str, str]:
 
 
 def _run_daemon(
-    database_url: str, store: EngineStore, *args: str, timeout: float = 600
+    database_url: str, store: EngineStore, *args: str, timeout: float = 600, **settings: str
 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "DEEPSIFT_DATABASE_URL": database_url, "DEEPSIFT_ENGINE_STORE": str(store.root)}
+    env = {**os.environ, "DEEPSIFT_DATABASE_URL": database_url, "DEEPSIFT_ENGINE_STORE": str(store.root), **settings}
     return subprocess.run([str(DAEMON), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
@@ -174,8 +174,11 @@ def test_scan_help_documents_exit_codes_and_path_codes():
 
 def test_video_verdict_has_media_facts_engine_and_face_scores(database_url, demo_store, scan_folder):
     folder, _, _ = scan_folder
-    assert _run_daemon(database_url, demo_store, "scan", str(folder / "fake_clip_1.mp4")).returncode == 0
+    # Other tests judged these bytes on the shared database: judge them afresh, not as a re-upload
+    fresh = {"DEEPSIFT_REUSE_VERDICTS": "false"}
+    assert _run_daemon(database_url, demo_store, "scan", str(folder / "fake_clip_1.mp4"), **fresh).returncode == 0
     v = _verdicts(database_url, folder)["fake_clip_1.mp4"]
+    assert v["reused_from"] is None
     assert (v["media_type"], v["codec"], v["width"], v["height"]) == ("video", "h264", 640, 360)
     assert v["fps"] == pytest.approx(25.0) and v["duration_s"] == pytest.approx(2.0, abs=0.1)
     assert v["frames_requested"] == 32 and v["frames_sampled"] == 32
