@@ -166,3 +166,19 @@ def test_timeline_is_a_png_and_names_are_for_people() -> None:
         assert float(np.asarray(image.convert("L")).std()) > 5
     assert media_name("file:///a/b/clip%20one.mp4") == "clip one.mp4"
     assert media_name("https://host/x/y.jpg?sig=1") == "y.jpg"
+
+
+def test_upload_signals_are_on_the_page(clip: Path) -> None:
+    from deepsift.daemon.records import NearDuplicateRecord
+
+    credentials = {"state": "invalid", "signer": "Cam Co", "claim_generator": "cam/2", "ai_generated": False,
+                   "ai_edited": False, "digital_source_types": ["digitalCapture"],
+                   "errors": ["assertion.dataHash.mismatch"]}  # fmt: skip
+    record = _verdict(clip, reused_from=41, near_duplicates=(NearDuplicateRecord(17, 3, 2, 4),),
+                      content_credentials=credentials)  # fmt: skip
+    document = Document.parse(render_verdict(gather(record, 42, None, MediaAccess())))
+    assert "verdict-41.html" in {a.attrs.get("href") for a in document.by_tag("a")}
+    assert "41" in document.by_id("reused-from").content
+    assert "2 of 4" in document.by_id("near-duplicates").content
+    facts = document.by_id("content-credentials").content
+    assert "invalid" in facts and "Cam Co" in facts and "assertion.dataHash.mismatch" in facts
