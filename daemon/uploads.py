@@ -86,13 +86,14 @@ class UploadHistory:
         return None if found is None else ReusedVerdict(found, self._repository.get(found))
 
     def near_duplicates(
-        self, hashes: Sequence[FrameHashRecord], policy: NearDuplicatePolicy
+        self, hashes: Sequence[FrameHashRecord], policy: NearDuplicatePolicy, sha256: str | None = None
     ) -> tuple[NearDuplicateRecord, ...]:
-        """Earlier verdicts whose frames match enough of these frames' hashes, nearest first."""
+        """Earlier verdicts whose frames match enough of these frames' hashes, nearest first; verdicts of the same
+        bytes (``sha256``: re-scorings, re-uploads judged afresh) are exact copies, not near-duplicates."""
         if not policy.enabled or not hashes:
             return ()
         query_hashes = _evenly_spaced([h.phash for h in hashes], policy.query_frames)
-        candidates = self._candidates(query_hashes, policy.max_distance)
+        candidates = self._candidates(query_hashes, policy.max_distance, sha256)
         by_verdict: dict[int, list[int]] = defaultdict(list)
         for verdict_id, stored in candidates:
             by_verdict[verdict_id].append(stored)
@@ -106,12 +107,17 @@ class UploadHistory:
         links.sort(key=lambda link: (link.distance, -link.matching_frames, -link.earlier_verdict_id))
         return tuple(links[: policy.limit])
 
-    def _candidates(self, values: Sequence[int], max_distance: int) -> list[tuple[int, int]]:
-        """(verdict id, unsigned hash) of stored hashes sharing a chunk neighbourhood with one of ``values``."""
+    def _candidates(self, values: Sequence[int], max_distance: int, sha256: str | None = None) -> list[tuple[int, int]]:
+        """(verdict id, unsigned hash) of stored hashes sharing a chunk neighbourhood with one of ``values``, of
+        verdicts of other bytes than ``sha256``."""
         wanted = candidate_chunks(values, max_distance)
         columns = [VerdictHash.c0, VerdictHash.c1, VerdictHash.c2, VerdictHash.c3][:N_CHUNKS]
         clauses = [column.in_(bindparam(f"chunk{i}", expanding=True)) for i, column in enumerate(columns) if wanted[i]]
         query = select(VerdictHash.verdict_id, VerdictHash.phash).where(or_(*clauses))
+        if sha256 is not None:
+            query = query.join(Verdict, Verdict.id == VerdictHash.verdict_id).where(
+                or_(Verdict.media_sha256.is_(None), Verdict.media_sha256 != sha256)
+            )
         parameters = {f"chunk{i}": sorted(values_i) for i, values_i in enumerate(wanted)}
         with translate_outages(), self._sessions() as session:
             rows = session.execute(query, parameters).all()

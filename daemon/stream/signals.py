@@ -38,7 +38,8 @@ def with_near_duplicates(prepared: PreparedMedia, context: PrepareContext) -> Pr
     history = context.history
     if history is None or not context.near.enabled or not prepared.hashes:
         return prepared
-    links = _with_database(lambda: history.near_duplicates(prepared.hashes, context.near), context, prepared.job.job_id)
+    job_id, sha = prepared.job.job_id, prepared.media_sha256
+    links = _with_database(lambda: history.near_duplicates(prepared.hashes, context.near, sha), context, job_id)
     return replace(prepared, near_duplicates=links) if links else prepared
 
 

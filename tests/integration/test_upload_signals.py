@@ -161,7 +161,9 @@ def test_reuse_can_be_turned_off_or_bounded_in_age(
             shutil.copy(originals / "astronaut.jpg", folder / f"copy_{name}.jpg")
             scanned = _scan(folder, full_frame_store, repository, **settings)
             assert scanned["scored"] == [f"copy_{name}.jpg"] and not scanned["reused"]
-            assert repository.get(scanned["results"][f"copy_{name}.jpg"].verdict_id).reused_from is None
+            stored = repository.get(scanned["results"][f"copy_{name}.jpg"].verdict_id)
+            assert stored.reused_from is None
+            assert stored.hashes and not stored.near_duplicates  # the same bytes are a copy, not a near-duplicate
     finally:
         engine.dispose()
 
