@@ -101,6 +101,7 @@ class Verdict(Base):
     decoder_note: Mapped[str | None] = mapped_column(Text)  # why DALI was passed over; downscaled:<scale>
     reused_from: Mapped[int | None] = mapped_column(RowId)  # verdicts.id an exact re-upload took over (0004)
     content_credentials: Mapped[dict[str, Any] | None] = mapped_column(json_document())  # C2PA summary (0004)
+    judged_with: Mapped[str | None] = mapped_column(String(64))  # sha256 of the judge settings (0004)
 
     frames: Mapped[list[VerdictFrame]] = relationship(order_by="VerdictFrame.id")
     tracks: Mapped[list[VerdictTrack]] = relationship(order_by="VerdictTrack.id")

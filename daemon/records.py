@@ -106,6 +106,7 @@ class VerdictRecord:
     decoder_note: str | None = None  # why DALI was passed over (variable_frame_rate, …); downscaled:<scale>
     created_at: datetime | None = None  # set by the database when None
     reused_from: int | None = None  # the verdict an exact re-upload took its judgement from (no decode, no engine)
+    judged_with: str | None = None  # JudgeConfig.fingerprint: the settings it was judged under (reuse matches it)
     content_credentials: dict[str, Any] | None = None  # the C2PA manifest's summary (engines.provenance)
     frames: tuple[FrameScoreRecord, ...] = ()
     tracks: tuple[TrackSummaryRecord, ...] = ()

@@ -78,6 +78,7 @@ _PLAIN_FIELDS = (
     "decoder_note",
     "reused_from",
     "content_credentials",
+    "judged_with",
 )
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")

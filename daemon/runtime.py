@@ -59,10 +59,14 @@ def judge_config(settings: Settings, decoder: Decoder) -> JudgeConfig:
 def upload_signals(settings: Settings) -> UploadSignals:
     """What prepare records beside the judgement; the C2PA trust anchors are read once, at start-up."""
     anchors = settings.content_credentials_trust_anchors
-    try:
-        pem = anchors.read_text(encoding="ascii") if anchors is not None else None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DeepsiftError(f"content_credentials_trust_anchors: cannot read {anchors}: {e}") from e
+    pem = None
+    if anchors is not None:
+        try:
+            pem = anchors.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DeepsiftError(f"content_credentials_trust_anchors: cannot read {anchors}: {e}") from e
+        if "-----BEGIN CERTIFICATE-----" not in pem:
+            raise DeepsiftError(f"content_credentials_trust_anchors: {anchors} holds no PEM certificate")
     return UploadSignals(settings.perceptual_hashes, settings.content_credentials, pem)
 
 

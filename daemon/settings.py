@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     reuse_max_age_s: float | None = Field(default=None, gt=0, description="oldest verdict a re-upload may reuse")
     perceptual_hashes: bool = Field(default=True, description="store a pHash per judged image or sampled frame")
     near_duplicates: bool = Field(default=True, description="link verdicts of perceptually similar earlier media")
-    near_duplicate_max_distance: int = Field(default=7, ge=0, le=31, description="Hamming distance of a match (of 64)")
+    near_duplicate_max_distance: int = Field(
+        default=7, ge=0, le=15, description="Hamming distance of a match (of 64); 15 keeps a look-up in 22k parameters"
+    )
     near_duplicate_min_fraction: float = Field(
         default=0.5, gt=0.0, le=1.0, description="share of a video's looked-up frames that must match"
     )

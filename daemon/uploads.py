@@ -56,12 +56,11 @@ class UploadHistory:
         self,
         sha256: str,
         engine: EngineIdentity,
-        frames_requested: int,
-        aggregation: str,
+        judged_with: str,
         policy: ReusePolicy,
     ) -> ReusedVerdict | None:
-        """The newest verdict of its own (not itself reused) this engine gave these bytes under the same sampling
-        and aggregation, within the policy's age; None when there is none."""
+        """The newest verdict of its own (not itself reused) this engine gave these bytes under the same judge
+        settings (``JudgeConfig.fingerprint``), within the policy's age; None when there is none."""
         if not policy.enabled:
             return None
         query = (
@@ -73,8 +72,7 @@ class UploadHistory:
                 Verdict.engine_artifact_sha256 == safe_text(engine.artifact_sha256),
                 Verdict.status.in_(REUSABLE_STATUSES),
                 Verdict.reused_from.is_(None),
-                Verdict.aggregation == aggregation,
-                or_(Verdict.media_type == "image", Verdict.frames_requested == frames_requested),
+                Verdict.judged_with == judged_with,
             )
             .order_by(Verdict.id.desc())
             .limit(1)

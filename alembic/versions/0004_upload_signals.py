@@ -5,6 +5,8 @@ links, Content Credentials.
   took over, without decode or inference; NULL for a verdict of its own.
 - ``verdicts.content_credentials``: the summary of the media's C2PA manifest (``engines.provenance``), NULL
   when it carries none.
+- ``verdicts.judged_with``: the sha256 of the judge settings the verdict was made under (sampling,
+  aggregation, budgets, masks, credentials); a re-upload reuses only a verdict made under the same.
 - ``verdict_hashes``: one 64-bit perceptual hash (DCT pHash) per judged image or sampled video frame, stored
   signed (BIGINT) with its four 16-bit chunks in indexed columns: multi-index hashing finds every hash within
   a Hamming distance through index look-ups on the chunks, not a scan of every row.
@@ -124,6 +126,7 @@ def upgrade() -> None:
     op.execute("DROP VIEW latest_verdicts")
     op.add_column("verdicts", sa.Column("reused_from", _row_id(), nullable=True))
     op.add_column("verdicts", sa.Column("content_credentials", _json(), nullable=True))
+    op.add_column("verdicts", sa.Column("judged_with", sa.String(64), nullable=True))
     op.create_index(
         op.f("ix_verdicts_media_sha256_engine"), "verdicts", ["media_sha256", "engine_name", "engine_version"]
     )
@@ -138,6 +141,7 @@ def downgrade() -> None:
         op.drop_table(table)  # its triggers go with it
     op.execute("DROP VIEW latest_verdicts")
     op.drop_index(op.f("ix_verdicts_media_sha256_engine"), table_name="verdicts")
+    op.drop_column("verdicts", "judged_with")
     op.drop_column("verdicts", "content_credentials")
     op.drop_column("verdicts", "reused_from")
     _create_latest_verdicts_view()

@@ -56,6 +56,7 @@ def _common(prepared: PreparedMedia, manifest: EngineManifest, config: JudgeConf
         decoder=prepared.decoder,
         decoder_note=prepared.decoder_note,
         content_credentials=prepared.credentials,
+        judged_with=config.fingerprint,
         hashes=prepared.hashes,
         near_duplicates=prepared.near_duplicates,
     )
@@ -77,7 +78,7 @@ def _common(prepared: PreparedMedia, manifest: EngineManifest, config: JudgeConf
 _REUSED_FIELDS = (
     "status", "label", "p_fake", "class_probs", "threshold", "code", "detail", "aggregation", "frames_requested",
     "frames_sampled", "media_type", "container", "codec", "width", "height", "fps", "duration_s", "size_bytes",
-    "content_credentials",
+    "content_credentials", "judged_with",
 )  # fmt: skip
 
 

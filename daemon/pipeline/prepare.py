@@ -9,8 +9,10 @@ the engine takes as it is; from PyAV it is a numpy array.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 
@@ -59,10 +61,29 @@ def prepare(
     """Fetch, decode, find regions and preprocess one job for ``manifest``'s engine; failures are recorded.
 
     Once the media is hashed, ``reuse`` may name an earlier verdict of the same bytes: the job is then answered
-    from it, and nothing is decoded."""
+    from it, and nothing is decoded. ``reuse`` runs outside the per-job guard: what it raises (the daemon stopping
+    while the database is down) is not this job's verdict."""
     progress = _Progress(job)
+    media = _guarded(progress, lambda: _fetch(progress, config))
+    if isinstance(media, PreparedMedia):
+        return media
+    if reuse is not None and progress.sha256 is not None:
+        t = time.perf_counter()
+        earlier = reuse(progress.sha256)
+        progress.timed("reuse_lookup", t)
+        if earlier is not None:
+            return PreparedMedia(job, progress.sha256, None, timings_ms=progress.timings, reused=earlier)
+    return _guarded(progress, lambda: _stages(progress, media, manifest, detector, config))
+
+
+T = TypeVar("T")
+
+
+def _guarded(progress: _Progress, stage: Callable[[], T]) -> T | PreparedMedia:
+    """The stage's result, or the job's recorded failure: nothing one job does ends the worker."""
+    job = progress.job
     try:
-        return _stages(progress, manifest, detector, config, reuse)
+        return stage()
     except PermanentError as e:
         return progress.failed(Outcome.error(e.code, e.detail))
     except MemoryError as e:  # an allocation the budgets did not foresee: this job's verdict, not the daemon's end
@@ -73,22 +94,20 @@ def prepare(
         return progress.failed(Outcome.error("internal_error", repr(e)))
 
 
-def _stages(
-    progress: _Progress,
-    manifest: EngineManifest,
-    detector: FaceDetector | None,
-    config: JudgeConfig,
-    reuse: Reuse | None,
-) -> PreparedMedia:
+def _fetch(progress: _Progress, config: JudgeConfig) -> Path | bytes:
     t = time.perf_counter()
     media, progress.sha256 = fetch(progress.job, config.max_media_bytes)
     progress.timed("fetch", t)
-    if reuse is not None:
-        t = time.perf_counter()
-        earlier = reuse(progress.sha256)
-        progress.timed("reuse_lookup", t)
-        if earlier is not None:
-            return PreparedMedia(progress.job, progress.sha256, None, timings_ms=progress.timings, reused=earlier)
+    return media
+
+
+def _stages(
+    progress: _Progress,
+    media: Path | bytes,
+    manifest: EngineManifest,
+    detector: FaceDetector | None,
+    config: JudgeConfig,
+) -> PreparedMedia:
     credentials = None
     if config.signals.credentials:
         t = time.perf_counter()
@@ -101,10 +120,10 @@ def _stages(
     hashes: tuple[FrameHashRecord, ...] = ()
     if config.signals.perceptual_hashes:
         t = time.perf_counter()
-        hashes = tuple(FrameHashRecord(index, value) for index, value in frame_hashes(decoded.frames))
+        hashes = _hashes(progress.job, decoded.frames)
         progress.timed("hashes", t)
     known = {"decoder": decoded.decoder, "decoder_note": decoder_note(decoded), "hashes": hashes,
-                  "credentials": credentials}  # fmt: skip
+             "credentials": credentials}  # fmt: skip
     t = time.perf_counter()
     regions, crops = find_regions(decoded, manifest, detector, config.budget.detect_max_side)
     progress.timed("faces" if manifest.input.crop_mode == "face" else "regions", t)
@@ -119,3 +138,13 @@ def _stages(
     progress.timed("preprocess", t)
     return PreparedMedia(progress.job, progress.sha256, progress.facts, sampled, tuple(regions), pixels,
                          progress.timings, **known)  # fmt: skip
+
+
+def _hashes(job: MediaJob, frames: Sequence[Any]) -> tuple[FrameHashRecord, ...]:
+    """Perceptual hashes of the frames; a failure is logged and leaves the job without them (a signal, not a
+    judgement: the verdict goes on)."""
+    try:
+        return tuple(FrameHashRecord(index, value) for index, value in frame_hashes(frames))
+    except Exception:
+        log.exception("perceptual_hashes_failed", job_id=job.job_id)
+        return ()

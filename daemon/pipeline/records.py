@@ -4,7 +4,9 @@ what judging needs to know (``JudgeConfig``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -115,6 +117,25 @@ class JudgeConfig:
     max_masks: int = 8  # masks per verdict: the most suspicious regions
     budget: MediaBudget = field(default_factory=MediaBudget)  # pixel, length and frame-memory limits of one job
     signals: UploadSignals = field(default_factory=UploadSignals)
+
+    @property
+    def fingerprint(self) -> str:
+        """The sha256 of every setting besides the engine and the bytes that a verdict depends on (sampling,
+        aggregation, budgets, masks, credentials and their trust anchors): a re-upload reuses only a verdict made
+        under the same. The decoder is left out: it decodes the same frames, where it can."""
+        anchors = self.signals.trust_anchors
+        settings = {
+            "frames_per_video": self.frames_per_video,
+            "rule": str(self.rule),
+            "min_track_fraction": self.min_track_fraction,
+            "max_media_bytes": self.max_media_bytes,
+            "masks": self.masks,
+            "max_masks": self.max_masks,
+            "budget": asdict(self.budget),
+            "credentials": self.signals.credentials,
+            "trust_anchors": None if anchors is None else hashlib.sha256(anchors.encode()).hexdigest(),
+        }
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
     def __post_init__(self) -> None:
         if isinstance(self.decoder, str):

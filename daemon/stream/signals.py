@@ -9,15 +9,19 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
+import structlog
+
 from deepsift.daemon.pipeline import JudgeConfig, PreparedMedia, engine_identity
 from deepsift.daemon.pipeline.prepare import Reuse
-from deepsift.daemon.stream.retry import retry_forever
+from deepsift.daemon.stream.retry import Abandoned, retry_forever
 from deepsift.engines.backends import LoadedEngine
 
 if TYPE_CHECKING:
     from deepsift.daemon.stream.prepare import PrepareContext
 
 T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
 
 
 def reuse_lookup(context: PrepareContext, engine: LoadedEngine, config: JudgeConfig, job_id: str) -> Reuse | None:
@@ -28,9 +32,8 @@ def reuse_lookup(context: PrepareContext, engine: LoadedEngine, config: JudgeCon
         return None
     if config.masks and engine.manifest.outputs.mask_logits is not None:
         return None
-    identity, rule = engine_identity(engine.manifest), str(config.rule)
-    frames, policy = config.frames_per_video, context.reuse
-    return lambda sha: _with_database(lambda: history.reusable(sha, identity, frames, rule, policy), context, job_id)
+    identity, judged_with, policy = engine_identity(engine.manifest), config.fingerprint, context.reuse
+    return lambda sha: _with_database(lambda: history.reusable(sha, identity, judged_with, policy), context, job_id)
 
 
 def with_near_duplicates(prepared: PreparedMedia, context: PrepareContext) -> PreparedMedia:
@@ -39,7 +42,13 @@ def with_near_duplicates(prepared: PreparedMedia, context: PrepareContext) -> Pr
     if history is None or not context.near.enabled or not prepared.hashes:
         return prepared
     job_id, sha = prepared.job.job_id, prepared.media_sha256
-    links = _with_database(lambda: history.near_duplicates(prepared.hashes, context.near, sha), context, job_id)
+    try:
+        links = _with_database(lambda: history.near_duplicates(prepared.hashes, context.near, sha), context, job_id)
+    except Abandoned:
+        raise
+    except Exception:  # a bug or a query the database refuses: the job goes on without links (a signal)
+        log.exception("near_duplicates_failed", job_id=job_id)
+        return prepared
     return replace(prepared, near_duplicates=links) if links else prepared
 
 

@@ -84,12 +84,16 @@ def _uploads(folder: Path, originals: Path) -> None:
     Image.fromarray(data.coffee()).save(folder / "coffee.jpg", quality=90)
 
 
-def _scan(folder: Path, store: EngineStore, repository: VerdictRepository, **settings: Any) -> dict[str, Any]:
+def _scan(
+    folder: Path, store: EngineStore, repository: VerdictRepository, config: dict[str, Any] | None = None,
+    **settings: Any,
+) -> dict[str, Any]:  # fmt: skip
     decoder, judge = CountingDecoder(), CountingJudge()
     engine = load_engine(store.resolve("tiny-full"))
-    config = JudgeConfig(frames_per_video=8, rule=Settings().aggregation_rule, min_track_fraction=0.1,
-                         decoder=decoder, max_media_bytes=1 << 30)  # fmt: skip
-    results = list(run_scan([folder], engine, repository, config, settings=Settings(**settings), judge=judge))
+    judge_settings = {"frames_per_video": 8, "min_track_fraction": 0.1, **(config or {})}
+    config_ = JudgeConfig(rule=Settings().aggregation_rule, decoder=decoder, max_media_bytes=1 << 30,
+                          **judge_settings)  # fmt: skip
+    results = list(run_scan([folder], engine, repository, config_, settings=Settings(**settings), judge=judge))
     return {
         "results": {r.path.name: r for r in results if r.path is not None},
         "decoded": decoder.sources,
@@ -146,7 +150,7 @@ def test_reuploads_are_reused_and_near_duplicates_linked(
         engine.dispose()
 
 
-def test_reuse_can_be_turned_off_or_bounded_in_age(
+def test_reuse_can_be_turned_off_bounded_in_age_and_follows_the_settings(
     empty_database_url: str, full_frame_store: EngineStore, originals: Path, tmp_path: Path
 ) -> None:
     upgrade_database(empty_database_url)
@@ -154,12 +158,17 @@ def test_reuse_can_be_turned_off_or_bounded_in_age(
     repository = VerdictRepository(engine)
     try:
         _scan(originals, full_frame_store, repository)
-        for name, settings in (("off", {"reuse_verdicts": False}), ("aged", {"reuse_max_age_s": 0.5})):
+        cases = (
+            ("off", {"reuse_verdicts": False}, None),
+            ("aged", {"reuse_max_age_s": 0.5}, None),
+            ("rejudged", {}, {"min_track_fraction": 0.3}),  # a setting the verdict depends on changed
+        )
+        for name, settings, config in cases:
             time.sleep(1.0)
             folder = tmp_path / name
             folder.mkdir()
             shutil.copy(originals / "astronaut.jpg", folder / f"copy_{name}.jpg")
-            scanned = _scan(folder, full_frame_store, repository, **settings)
+            scanned = _scan(folder, full_frame_store, repository, config, **settings)
             assert scanned["scored"] == [f"copy_{name}.jpg"] and not scanned["reused"]
             stored = repository.get(scanned["results"][f"copy_{name}.jpg"].verdict_id)
             assert stored.reused_from is None

@@ -237,3 +237,25 @@ def test_running_out_of_memory_is_that_jobs_error_verdict(demo_store, tmp_path):
     face_engine = load_engine(demo_store.resolve("demo"))
     prepared = prepare(_job(_png(tmp_path / "p.png", 64, 64)), face_engine.manifest, _ExhaustedDetector(), CONFIG)
     assert prepared.outcome[:2] == ("error", "out_of_memory")
+
+
+def test_a_reuse_lookup_abandoned_while_stopping_is_not_the_jobs_verdict(engine, tmp_path):
+    # The reuse look-up retries while the database is down; when the daemon stops meanwhile it raises Abandoned,
+    # which must leave the job unjudged (its message uncommitted), not make it an internal_error verdict
+    from deepsift.daemon.stream.retry import Abandoned
+
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(path)
+
+    def stopping(sha256: str) -> None:
+        raise Abandoned("stopping while the database is down")
+
+    with pytest.raises(Abandoned):
+        prepare(MediaJob("j", path.as_uri(), path=path), engine.manifest, None, CONFIG, reuse=stopping)
+
+
+def test_the_judge_fingerprint_follows_what_a_verdict_depends_on():
+    config = CONFIG
+    assert config.fingerprint == replace(config, decoder="pyav").fingerprint
+    for changed in ({"frames_per_video": 9}, {"min_track_fraction": 0.5}, {"masks": True}):
+        assert replace(config, **changed).fingerprint != config.fingerprint
