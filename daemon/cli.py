@@ -10,12 +10,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
 
 from deepsift.daemon.logs import configure_logging
 from deepsift.daemon.settings import Settings
+from deepsift.engines.cliargs import finish_parser
 from deepsift.engines.errors import DeepsiftError
 
 if TYPE_CHECKING:
@@ -58,6 +59,14 @@ def cmd_db_upgrade(settings: Settings, args: argparse.Namespace, out: TextIO) ->
 
     upgrade_database(settings.database_url, args.revision)
     print(f"database at revision {current_revision(settings.database_url)}", file=out)
+    return 0
+
+
+def cmd_db_current(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from deepsift.daemon.db import current_revision
+
+    revision = current_revision(settings.database_url)
+    print(f"database at revision {revision or 'none (never migrated: run daemon db upgrade)'}", file=out)
     return 0
 
 
@@ -186,11 +195,18 @@ def _add_report_parser(commands: argparse._SubParsersAction) -> None:
     report.set_defaults(handler=cmd_report)
 
 
+def _global_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    """Options every subcommand takes, before or after its name (``engines.cliargs``)."""
+    parser.add_argument("--database-url", default=default, help="SQLAlchemy URL (env DEEPSIFT_DATABASE_URL)")
+    parser.add_argument(
+        "--engine-store", type=Path, default=default, help="engine store root (env DEEPSIFT_ENGINE_STORE)"
+    )
+    parser.add_argument("--engine", default=default, help="engine name (env DEEPSIFT_ENGINE_NAME)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="daemon", description="deepsift daemon: media in, verdicts in SQL out")
-    parser.add_argument("--database-url", help="SQLAlchemy URL (env DEEPSIFT_DATABASE_URL)")
-    parser.add_argument("--engine-store", type=Path, help="engine store root (env DEEPSIFT_ENGINE_STORE)")
-    parser.add_argument("--engine", help="engine name (env DEEPSIFT_ENGINE_NAME)")
+    _global_options(parser)
     commands = parser.add_subparsers(dest="command", required=True)
 
     scan = commands.add_parser(
@@ -220,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("items", nargs="+", metavar="PATH|URL", help="files, folders (their media) or http(s) URLs")
     submit.add_argument("--bootstrap-servers", help="Kafka host:port,… (env DEEPSIFT_KAFKA_BOOTSTRAP_SERVERS)")
     submit.add_argument("--topic", help="jobs topic (env DEEPSIFT_KAFKA_TOPIC)")
-    submit.add_argument("--media-type", choices=("auto", "video", "image"), default="auto")
+    submit.add_argument(
+        "--media-type", choices=("auto", "video", "image"), default="auto", help="what the jobs declare the media is"
+    )
     submit.add_argument(
         "--frames", type=int, dest="job_frames", help="frames to sample per video (default: the daemon's setting)"
     )
@@ -232,9 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_commands.add_parser("upgrade", help="apply migrations (alembic) up to a revision")
-    upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.add_argument("revision", nargs="?", default="head", help="target revision (default: head)")
     upgrade.set_defaults(handler=cmd_db_upgrade)
-    return parser
+    current = db_commands.add_parser("current", help="print the revision the database is at")
+    current.set_defaults(handler=cmd_db_current)
+    return finish_parser(parser, _global_options)
 
 
 def _report_unknown_variables() -> None:

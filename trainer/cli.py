@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+from deepsift.engines.cliargs import finish_parser
 from deepsift.engines.errors import DeepsiftError
 
 DEFAULT_DEMO_STEPS = 700  # trainer.demo.DemoBudget.steps; repeated here so --help stays light
@@ -205,11 +208,11 @@ def _add_recipes(commands: Commands) -> None:
 
 def _add_demo(commands: Commands) -> None:
     demo = commands.add_parser("demo", help="train the demo engine (about 2 min on CPU) and write demo media")
-    demo.add_argument("--name", default="demo")
+    demo.add_argument("--name", default="demo", help="engine name in the store")
     demo.add_argument("--media", type=Path, help="also write demo videos and images with ground truth here")
-    demo.add_argument("--steps", type=int, default=DEFAULT_DEMO_STEPS)
+    demo.add_argument("--steps", type=int, default=DEFAULT_DEMO_STEPS, help="training steps")
     demo.add_argument("--time-budget", type=float, default=300.0, help="stop training after this many seconds")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data, the weights and the split")
     demo.add_argument("--force", action="store_true", help="rebuild even if a current demo engine exists")
     demo.set_defaults(handler=cmd_demo)
 
@@ -218,8 +221,10 @@ def _add_backend_choices(parser: argparse.ArgumentParser, backend_help: str | No
     """``--backend`` and ``--precision``, their choices from the registry of backend builds."""
     from deepsift.trainer.artifacts import BACKEND_BUILDS, buildable_precisions
 
-    parser.add_argument("--backend", choices=BACKEND_BUILDS.names(), default="onnxruntime", help=backend_help)
-    parser.add_argument("--precision", choices=buildable_precisions(), default="fp32", help=precision_help)
+    parser.add_argument("--backend", choices=BACKEND_BUILDS.names(), default="onnxruntime",
+                        help=backend_help or "inference runtime of the engine")  # fmt: skip
+    parser.add_argument("--precision", choices=buildable_precisions(), default="fp32",
+                        help=precision_help or "numeric precision of the engine, through the parity gate")  # fmt: skip
 
 
 def _add_build_engine(commands: Commands) -> None:
@@ -249,7 +254,10 @@ def _add_rebuild_engine(commands: Commands) -> None:
     rebuild.add_argument("--run", type=Path, help="use this run folder instead of the newest")
     rebuild.add_argument("--data", type=Path, help="dataset manifest with a val split (default: the run's)")
     _add_backend_choices(rebuild, backend_help=None, precision_help=None)
-    rebuild.add_argument("--calibration", choices=["temperature", "isotonic", "none"], default="temperature")
+    rebuild.add_argument(
+        "--calibration", choices=["temperature", "isotonic", "none"], default="temperature",
+        help="how logits become P(fake), fitted on the validation split",
+    )  # fmt: skip
     rebuild.add_argument("--target-fpr", type=float, default=0.01, help="false-positive rate on real validation items")
     rebuild.add_argument(
         "--metric", default="roc_auc", help="validation figure the gate compares, higher is better",
@@ -275,14 +283,14 @@ def _add_prepare(commands: Commands) -> None:
     prep = commands.add_parser("prepare", help="media → face crops (or frames) with the daemon's decode and face code")
     prep.add_argument("--data", type=Path, required=True, help="manifest of images and videos")
     prep.add_argument("--recipe", required=True, help="recipe whose input contract (crop mode, margin) applies")
-    prep.add_argument("--out", type=Path, required=True)
+    prep.add_argument("--out", type=Path, required=True, help="folder for the prepared pixels and their manifest")
     prep.add_argument("--frames", type=int, default=32, help="evenly spaced frames per video (SD²: 32)")
     prep.set_defaults(handler=cmd_prepare)
 
 
 def _add_fit(commands: Commands) -> None:
     fitp = commands.add_parser("fit", help="train a recipe's detector on a manifest (torchrun for several GPUs)")
-    fitp.add_argument("--recipe", required=True)
+    fitp.add_argument("--recipe", required=True, help="shipped recipe name or path to a recipe JSON")
     fitp.add_argument("--data", type=Path, required=True, help="manifest with train and val splits")
     fitp.add_argument("--out", type=Path, required=True, help="run folder: best.pt, last.pt, history.json, ...")
     fitp.add_argument("--epochs", type=int, help="override the recipe's epochs")
@@ -292,40 +300,42 @@ def _add_fit(commands: Commands) -> None:
     fitp.add_argument("--backbone-weights", type=Path, help="local open_clip checkpoint for the backbone")
     fitp.add_argument("--init-checkpoint", type=Path, help="detector state_dict to start from")
     fitp.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    fitp.add_argument("--seed", type=int, default=0)
+    fitp.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order")
     fitp.add_argument("--workers", type=int, default=4, help="data-loading processes")
     fitp.add_argument("--device", help="torch device (default: this rank's GPU, else CPU)")
-    fitp.add_argument("--no-progress", action="store_true")
+    fitp.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     fitp.set_defaults(handler=cmd_fit)
 
 
 def _add_evaluate(commands: Commands) -> None:
     ev = commands.add_parser("evaluate", help="metrics (JSON) and plots (PNG) of a trained detector on a split")
-    ev.add_argument("--data", type=Path, required=True)
-    ev.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ev.add_argument("--data", type=Path, required=True, help="dataset manifest")
+    ev.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate on")
     ev.add_argument("--out", type=Path, required=True, help="folder for report.json and the plots")
     ev.add_argument("--run", type=Path, help="a run folder from `trainer fit` or `trainer fewshot`")
     ev.add_argument("--recipe", help="instead of --run: a recipe …")
     ev.add_argument("--checkpoint", type=Path, help="… and a detector state_dict")
     ev.add_argument("--threshold", type=float, help="operating threshold (default: the run's, else 0.5)")
     ev.add_argument("--aggregation", default="mean", help="video rule, as the daemon's: mean, max, topk:F, quantile:Q")
-    ev.add_argument("--min-track-fraction", type=float, default=0.1)
+    ev.add_argument(
+        "--min-track-fraction", type=float, default=0.1, help="face tracks seen in fewer frames cannot decide"
+    )
     ev.add_argument("--c-miss", type=float, default=1.0, help="DCF cost of a missed fake")
     ev.add_argument("--c-fa", type=float, default=1.0, help="DCF cost of a false alarm")
     ev.add_argument("--p-fake", type=float, default=0.5, help="DCF prior of a fake")
-    ev.add_argument("--device")
+    ev.add_argument("--device", help="torch device (default: cuda when available)")
     ev.set_defaults(handler=cmd_evaluate)
 
 
 def _add_fewshot(commands: Commands) -> None:
     few = commands.add_parser("fewshot", help="prototype few-shot adaptation (seed 000 §2.3) → run folder or engine")
-    few.add_argument("--recipe", required=True)
+    few.add_argument("--recipe", required=True, help="shipped recipe name or path to a recipe JSON")
     few.add_argument("--data", type=Path, required=True, help="manifest: support from train, threshold from val")
-    few.add_argument("--out", type=Path, required=True)
+    few.add_argument("--out", type=Path, required=True, help="run folder for the fitted head")
     few.add_argument("--encoder-checkpoint", type=Path, help="trained detector whose tower.* weights are the encoder")
     few.add_argument("--backbone-weights", type=Path, help="local open_clip checkpoint for the encoder")
     few.add_argument("--shots", type=int, help="support images per class (default: the recipe's)")
-    few.add_argument("--seed", type=int, default=0)
+    few.add_argument("--seed", type=int, default=0, help="seed of the support sampling")
     few.add_argument("--engine", help="also build an engine of this name into --engine-store")
     few.set_defaults(handler=cmd_fewshot)
 
@@ -343,13 +353,26 @@ SUBCOMMANDS: tuple[Callable[[Commands], None], ...] = (
 )  # fmt: skip
 
 
+DEFAULT_ENGINE_STORE = Path("var/engines")
+
+
+def _global_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    """Options every subcommand takes, before or after its name (``engines.cliargs``)."""
+    if default is None:  # the top parser: the environment's store, as the daemon reads it
+        default = Path(os.environ.get("DEEPSIFT_ENGINE_STORE") or DEFAULT_ENGINE_STORE)
+    parser.add_argument(
+        "--engine-store", type=Path, default=default,
+        help=f"engine store root (env DEEPSIFT_ENGINE_STORE; default {DEFAULT_ENGINE_STORE})",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="trainer", description="deepsift trainer: detectors and engines")
-    parser.add_argument("--engine-store", type=Path, default=Path("var/engines"), help="engine store root")
+    _global_options(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(commands)
-    return parser
+    return finish_parser(parser, _global_options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

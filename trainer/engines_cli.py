@@ -124,16 +124,16 @@ def add_engines_commands(commands: argparse._SubParsersAction) -> None:
     listing.set_defaults(handler=cmd_list)
 
     show = sub.add_parser("show", help="a version's manifest (JSON) with the engine's promotion history")
-    show.add_argument("name")
+    show.add_argument("name", help="engine name in the store")
     show.add_argument("--version", type=_version, help="default: the current version, else the newest")
     show.set_defaults(handler=cmd_show)
 
     promote = sub.add_parser("promote", help="make a stored version current")
-    promote.add_argument("name")
+    promote.add_argument("name", help="engine name in the store")
     promote.add_argument("version", type=_version, help="e.g. 3 or v0003")
     promote.add_argument("--reason", help="recorded in the promotion history")
     promote.set_defaults(handler=cmd_promote)
 
     rollback = sub.add_parser("rollback", help="make the version current before the present one current again")
-    rollback.add_argument("name")
+    rollback.add_argument("name", help="engine name in the store")
     rollback.set_defaults(handler=cmd_rollback)
