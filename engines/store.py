@@ -12,6 +12,7 @@ one host) are serialised and the log's order is the order in which ``current`` a
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import getpass
 import json
@@ -76,6 +77,15 @@ class EngineStore:
 
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+
+    def known_names(self, wanted: str) -> str:
+        """For an error about ``wanted``: the engines this store holds, the closest first if one is close."""
+        names = self.names()
+        if not names:
+            return "the store holds no engine: build one (see README)"
+        close = difflib.get_close_matches(wanted, names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"{hint}engines there: {', '.join(names)}"
 
     def path(self, name: str, version: int) -> Path:
         return self.root / name / f"v{version:04d}"
@@ -145,7 +155,7 @@ class EngineStore:
         """The folder of ``version``, or of the current version when ``version`` is None."""
         version = self.current_version(name) if version is None else version
         if version is None:
-            raise EngineError(f"no current engine named {name!r} in {self.root}; build one (see README)")
+            raise EngineError(f"no current engine named {name!r} in {self.root}; {self.known_names(name)}")
         path = self.path(name, version)
         if not path.is_dir():
             raise EngineError(f"engine {name} v{version} is missing from {self.root}")

@@ -38,8 +38,7 @@ def _store(args: argparse.Namespace) -> EngineStore:
 def _require_engine(store: EngineStore, name: str) -> list[int]:
     versions = store.versions(name)
     if not versions:
-        known = ", ".join(store.names()) or "none"
-        raise EngineError(f"no engine named {name!r} in {store.root} (engines there: {known})")
+        raise EngineError(f"no engine named {name!r} in {store.root}; {store.known_names(name)}")
     return versions
 
 

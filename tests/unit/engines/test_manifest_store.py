@@ -508,3 +508,16 @@ def test_concurrent_promoting_processes_keep_the_history_whole_and_in_order(tmp_
     assert len(lines) == len(history) == 450
     assert all(b.previous_version == a.version for a, b in itertools.pairwise(history))
     assert history[-1].version == store.current_version("demo")
+
+
+def test_a_misspelt_engine_name_lists_the_engines_and_the_closest(tmp_path: Path, artifact: Path) -> None:
+    store = EngineStore(tmp_path / "store")
+    with pytest.raises(EngineError, match="the store holds no engine"):
+        store.resolve("demo")
+    for name in ("demo", "siglip2-b16"):
+        stored = store.add(make_manifest(name=name), artifact)
+        store.promote(name, stored.version)
+    with pytest.raises(EngineError, match=r"did you mean 'demo'\? engines there: demo, siglip2-b16"):
+        store.resolve("demoo")
+    with pytest.raises(EngineError, match=r"; engines there: demo, siglip2-b16$"):
+        store.resolve("xyz")
