@@ -190,11 +190,7 @@ class VerdictRepository:
 
     def engine_manifest(self, engine: EngineIdentity) -> EngineManifest | None:
         """The manifest of the engine a verdict names, if a daemon recorded it (``record_engine``)."""
-        query = select(EngineRow.manifest).where(
-            EngineRow.name == safe_text(engine.name),
-            EngineRow.version == engine.version,
-            EngineRow.artifact_sha256 == safe_text(engine.artifact_sha256),
-        )
+        query = select(EngineRow.manifest).where(*_engine_is(engine.name, engine.version, engine.artifact_sha256))
         with translate_outages(), self._sessions() as session:
             document = session.scalar(query)
             return None if document is None else EngineManifest.model_validate(document)
@@ -230,11 +226,7 @@ class VerdictRepository:
             return [EngineManifest.model_validate(row) for row in rows]
 
     def _engine_id(self, manifest: EngineManifest) -> int | None:
-        query = select(EngineRow.id).where(
-            EngineRow.name == manifest.name,
-            EngineRow.version == manifest.version,
-            EngineRow.artifact_sha256 == manifest.artifact_sha256,
-        )
+        query = select(EngineRow.id).where(*_engine_is(manifest.name, manifest.version, manifest.artifact_sha256))
         with self._sessions() as session:
             return session.scalar(query)
 
@@ -253,6 +245,15 @@ _WITH_CHILDREN = (
     selectinload(Verdict.hashes),
     selectinload(Verdict.near_duplicates),
 )
+
+
+def _engine_is(name: str, version: int, artifact_sha256: str) -> tuple[Any, ...]:
+    """The conditions naming one engine row (as ``save`` and ``record_engine`` store text)."""
+    return (
+        EngineRow.name == safe_text(name),
+        EngineRow.version == version,
+        EngineRow.artifact_sha256 == safe_text(artifact_sha256),
+    )
 
 
 def _engine_row(manifest: EngineManifest) -> EngineRow:

@@ -12,8 +12,6 @@ the same file), and decoded within ``REPORT_FRAME_BUDGET_BYTES``, so a report of
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from deepsift.daemon.pipeline.fetch import MediaRoot, local_path
 from deepsift.daemon.records import VerdictRecord
 from deepsift.engines.budgets import MediaBudget
 from deepsift.engines.errors import DeepsiftError
+from deepsift.engines.manifest import sha256_file
 from deepsift.engines.media import decode_sampled
 
 REPORT_FRAME_BUDGET_BYTES = 96 << 20  # all sampled frames of one report, as RGB: 32 frames of 1080p come at ~0.7x
@@ -63,7 +62,7 @@ def read_frames(
         return ReportFrames(note=note)
     if record.media_sha256 is not None:
         try:
-            digest = _sha256(path)
+            digest = sha256_file(path)
         except OSError as e:
             return ReportFrames(note=f"the media at {path} cannot be read now: {e.strerror or e}")
         if digest != record.media_sha256:
@@ -96,12 +95,3 @@ def _local_media(record: VerdictRecord, access: MediaAccess) -> tuple[Path | Non
         return local_path(uri, access.roots), None
     except DeepsiftError as e:  # gone, or outside the media roots this process may read
         return None, f"the media cannot be re-read: {e}"
-
-
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
