@@ -3,8 +3,8 @@ engines that made them, and the small record of deliveries started (the poison-j
 
 These classes mirror ``alembic/versions``; the migrations create the schema, and a test compares the
 two so they cannot drift. Only ``daemon.repository`` (verdicts, engines), ``daemon.uploads`` (re-upload and
-near-duplicate look-ups) and ``daemon.attempts`` (``job_attempts``) should touch them; the rest of the daemon
-speaks ``daemon.records``.
+near-duplicate look-ups), ``daemon.attempts`` (``job_attempts``) and ``daemon.reviews`` (``reviews``) should
+touch them; the rest of the daemon speaks ``daemon.records``.
 """
 
 from __future__ import annotations
@@ -42,6 +42,8 @@ NAMING_CONVENTION = {
 }
 
 VERDICT_STATUSES = ("ok", "abstained", "error")
+VERDICT_ROLES = ("serving", "shadow")
+REVIEW_LABELS = ("real", "fake")
 
 # BIGINT on PostgreSQL; plain INTEGER on SQLite, because only "INTEGER PRIMARY KEY" autoincrements there.
 RowId = BigInteger().with_variant(Integer(), "sqlite")
@@ -63,6 +65,7 @@ class Verdict(Base):
     __table_args__ = (
         UniqueConstraint("job_id", "engine_name", "engine_version", name="uq_verdicts_job_engine"),
         CheckConstraint("status IN ('ok', 'abstained', 'error')", name="status"),
+        CheckConstraint("role IN ('serving', 'shadow')", name="role"),  # PostgreSQL only (migration 0005)
         # (job_id, id) serves both job look-ups and "newest verdict per job" without touching the heap.
         Index("ix_verdicts_job_id_id", "job_id", "id"),
         Index("ix_verdicts_media_sha256_engine", "media_sha256", "engine_name", "engine_version"),  # re-uploads
@@ -102,6 +105,7 @@ class Verdict(Base):
     reused_from: Mapped[int | None] = mapped_column(RowId)  # verdicts.id an exact re-upload took over (0004)
     content_credentials: Mapped[dict[str, Any] | None] = mapped_column(json_document())  # C2PA summary (0004)
     judged_with: Mapped[str | None] = mapped_column(String(64))  # sha256 of the judge settings (0004)
+    role: Mapped[str] = mapped_column(String(16), server_default="serving")  # serving | shadow (0005)
 
     frames: Mapped[list[VerdictFrame]] = relationship(order_by="VerdictFrame.id")
     tracks: Mapped[list[VerdictTrack]] = relationship(order_by="VerdictTrack.id")
@@ -186,6 +190,26 @@ class VerdictNearDuplicate(Base):
     distance: Mapped[int] = mapped_column(Integer)  # the smallest Hamming distance between their frames' hashes
     matching_frames: Mapped[int] = mapped_column(Integer)  # this verdict's frames with a match in the earlier one
     frames_compared: Mapped[int] = mapped_column(Integer)  # this verdict's frames that were hashed
+
+
+class Review(Base):
+    """A person's judgement of a verdict's media (migration 0005); append-only. The newest review of a job is its
+    reviewed truth: ``latest_verdicts.final_label`` shows it, ``trainer export-reviews`` trains on it."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        CheckConstraint("label IN ('real', 'fake')", name="label"),
+        Index("ix_reviews_job_id_id", "job_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    verdict_id: Mapped[int] = mapped_column(RowId, ForeignKey("verdicts.id"), index=True)
+    job_id: Mapped[str] = mapped_column(Text)  # the verdict's, so a job's reviews are found without a join
+    label: Mapped[str] = mapped_column(String(16))  # real | fake
+    manipulation: Mapped[str | None] = mapped_column(Text)  # the manipulation class, for multi-class engines
+    reviewer: Mapped[str] = mapped_column(Text)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
 
 
 class EngineRow(Base):

@@ -108,6 +108,7 @@ class VerdictRecord:
     reused_from: int | None = None  # the verdict an exact re-upload took its judgement from (no decode, no engine)
     judged_with: str | None = None  # JudgeConfig.fingerprint: the settings it was judged under (reuse matches it)
     content_credentials: dict[str, Any] | None = None  # the C2PA manifest's summary (engines.provenance)
+    role: str = "serving"  # "shadow": a shadow engine's verdict of the job, never announced (VERDICT_ROLES)
     frames: tuple[FrameScoreRecord, ...] = ()
     tracks: tuple[TrackSummaryRecord, ...] = ()
     masks: tuple[MaskRecord, ...] = ()
@@ -117,7 +118,9 @@ class VerdictRecord:
     def __post_init__(self) -> None:
         """Refuse a code outside ``engines.codes.VerdictCode`` (the set is closed, so a dashboard can list every
         code), and on an abstained or error verdict one of the other status. Rows read back pass through here too;
-        codes are never removed, so they load."""
+        codes are never removed, so they load. A role other than serving or shadow is refused too."""
+        if self.role not in ("serving", "shadow"):
+            raise ValueError(f"a verdict's role is serving or shadow, not {self.role!r}")
         if self.code is None:
             return
         if self.status in ("abstained", "error"):

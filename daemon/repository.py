@@ -4,25 +4,22 @@ Saving is idempotent per (job, engine name, engine version), so a Kafka re-deliv
 between the SQL commit and the offset commit stores nothing twice. The unique constraint decides
 races between daemons, not a read-then-write check.
 
-Every text and JSON value is made storable here, whatever path it came by (the job schema refuses such
-values, but ``daemon scan`` of a file whose name is not UTF-8, or an exception's message, can carry them):
-NUL and lone surrogates become U+FFFD, non-finite numbers in JSON become null, identically on SQLite and
-PostgreSQL. PostgreSQL refuses NUL in text and JSONB and NaN in JSONB; neither database can encode a surrogate.
+Saving a job's shadow verdicts goes with its serving verdict, in one transaction; a job is judged once per
+engine version, whatever the role. Every text and JSON value is made storable on the way in
+(``daemon.storable``).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
-import re
-from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import Engine, column, func, select, table
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import selectinload
+from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.orm import Session, selectinload
 
 from deepsift.daemon.db import session_factory, translate_outages
 from deepsift.daemon.models import (
@@ -43,8 +40,11 @@ from deepsift.daemon.records import (
     TrackSummaryRecord,
     VerdictRecord,
 )
+from deepsift.daemon.storable import safe_json, safe_text, storable
 from deepsift.engines.manifest import EngineManifest
 from deepsift.engines.perceptual import chunks, signed, unsigned
+
+log = structlog.get_logger(__name__)
 
 # The view the migration creates; only its key columns are needed to pick rows from ``verdicts``.
 _latest_verdicts = table("latest_verdicts", column("id"), column("job_id"))
@@ -79,50 +79,8 @@ _PLAIN_FIELDS = (
     "reused_from",
     "content_credentials",
     "judged_with",
+    "role",
 )
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-REPLACEMENT_CHARACTER = "\ufffd"
-MAX_JSON_DEPTH = 64  # deeper JSON is cut to null: the JSON encoders recurse
-
-
-def safe_text(value: str) -> str:
-    """``value`` as both databases store it: NUL and lone surrogates become U+FFFD (a surrogate pair, such as
-    ``surrogatepass`` decoding leaves, becomes its character)."""
-    if not _UNSTORABLE.search(value):
-        return value
-    joined = value.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
-    return joined.replace("\x00", REPLACEMENT_CHARACTER)
-
-
-def safe_json(value: Any, depth: int = 0) -> Any:
-    """``value`` as strict JSON both databases store: safe text, finite numbers (else null), string keys,
-    bounded depth; a value JSON has no type for becomes its text."""
-    if value is None or isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return safe_text(value)
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        number = float(value)
-        return number if math.isfinite(number) else None
-    if depth >= MAX_JSON_DEPTH:
-        return None
-    if isinstance(value, Mapping):
-        return {safe_text(str(key)): safe_json(item, depth + 1) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [safe_json(item, depth + 1) for item in value]
-    return safe_text(str(value))
-
-
-def _storable(value: Any) -> Any:
-    """A plain column's value made safe: text columns through ``safe_text``, JSON columns through ``safe_json``."""
-    if isinstance(value, str):
-        return safe_text(value)
-    if isinstance(value, Mapping):
-        return safe_json(value)
-    return value
 
 
 @dataclass(frozen=True)
@@ -140,14 +98,15 @@ class VerdictRepository:
         self.engine = engine  # the database engine, for stores that share its connections (daemon.attempts)
         self._sessions = session_factory(engine)
 
-    def save(self, record: VerdictRecord) -> SavedVerdict:
-        """Insert the verdict and its children in one transaction, or return the row already there."""
+    def save(self, record: VerdictRecord, shadows: Sequence[VerdictRecord] = ()) -> SavedVerdict:
+        """Insert the verdict and its children in one transaction, or return the row already there. ``shadows``
+        (shadow engines' verdicts of the same job) go in the same transaction: a job has all or none of them."""
         with translate_outages():
             existing = self.find_id(record.job_id, record.engine)
             if existing is not None:
                 return SavedVerdict(existing, created=False)
             try:
-                return SavedVerdict(self._insert(record), created=True)
+                return SavedVerdict(self._insert(record, shadows), created=True)
             except IntegrityError:
                 # Another daemon won the race for the unique key; its row is the answer.
                 existing = self.find_id(record.job_id, record.engine)
@@ -230,12 +189,32 @@ class VerdictRepository:
         with self._sessions() as session:
             return session.scalar(query)
 
-    def _insert(self, record: VerdictRecord) -> int:
+    def _insert(self, record: VerdictRecord, shadows: Sequence[VerdictRecord] = ()) -> int:
         with self._sessions.begin() as session:
             row = _to_row(record)
             session.add(row)
             session.flush()
+            for shadow in shadows:
+                _insert_shadow(session, shadow)
             return row.id
+
+
+def _insert_shadow(session: Session, shadow: VerdictRecord) -> None:
+    """A shadow verdict beside its job's serving one, unless that engine judged the job before (a job is judged
+    once per engine version, whatever the role: a re-scan by another serving engine keeps the shadow's first
+    verdict). A shadow row the database refuses is left out; it never costs the serving verdict."""
+    judged = select(Verdict.id).where(
+        Verdict.job_id == safe_text(shadow.job_id),
+        Verdict.engine_name == safe_text(shadow.engine.name),
+        Verdict.engine_version == shadow.engine.version,
+    )
+    if session.scalar(judged) is not None:
+        return
+    try:
+        with session.begin_nested():
+            session.add(_to_row(shadow))
+    except (IntegrityError, DataError) as e:
+        log.warning("shadow_verdict_refused", job_id=shadow.job_id, engine=shadow.engine.name, error=str(e.orig))
 
 
 _WITH_CHILDREN = (
@@ -283,7 +262,7 @@ def _to_row(record: VerdictRecord) -> Verdict:
     """Flatten the record: engine identity into three columns, boxes into x0..y1, children into rows; every
     text and JSON value made storable."""
     row = Verdict(
-        **{name: _storable(getattr(record, name)) for name in _PLAIN_FIELDS},
+        **{name: storable(getattr(record, name)) for name in _PLAIN_FIELDS},
         engine_name=safe_text(record.engine.name),
         engine_version=record.engine.version,
         engine_artifact_sha256=safe_text(record.engine.artifact_sha256),
@@ -295,7 +274,7 @@ def _to_row(record: VerdictRecord) -> Verdict:
         near_duplicates=[_near_duplicate_row(link) for link in record.near_duplicates],
     )
     if record.created_at is not None:
-        row.created_at = _as_utc(record.created_at)
+        row.created_at = as_utc(record.created_at)
     return row
 
 
@@ -351,7 +330,7 @@ def _to_record(row: Verdict) -> VerdictRecord:
         **{name: getattr(row, name) for name in _PLAIN_FIELDS},
         engine=EngineIdentity(row.engine_name, row.engine_version, row.engine_artifact_sha256),
         metadata=row.job_metadata,
-        created_at=_as_utc(row.created_at),
+        created_at=as_utc(row.created_at),
         frames=tuple(_frame_record(frame) for frame in row.frames),
         tracks=tuple(_track_record(track) for track in row.tracks),
         masks=tuple(_mask_record(mask) for mask in row.masks),
@@ -384,7 +363,7 @@ def _mask_record(row: VerdictMask) -> MaskRecord:
     return MaskRecord(row.frame_index, row.png, row.width, row.height, row.track_id)
 
 
-def _as_utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     """SQLite keeps no zone (its CURRENT_TIMESTAMP is UTC); store and return UTC on both dialects."""
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)

@@ -19,7 +19,8 @@ from deepsift.daemon.db import session_factory, translate_outages
 from deepsift.daemon.models import Verdict, VerdictHash
 from deepsift.daemon.pipeline.records import ReusedVerdict
 from deepsift.daemon.records import EngineIdentity, FrameHashRecord, NearDuplicateRecord
-from deepsift.daemon.repository import VerdictRepository, safe_text
+from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.storable import safe_text
 from deepsift.engines.perceptual import N_CHUNKS, candidate_chunks, hamming, unsigned
 
 REUSABLE_STATUSES = ("ok", "abstained")  # judgements of the bytes; errors may be about the fetch or the store

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from deepsift.daemon.records import VerdictRecord
-from deepsift.daemon.repository import safe_json, safe_text
+from deepsift.daemon.storable import safe_json, safe_text
 from deepsift.daemon.stream.work import Envelope
 
 DEAD_LETTER_SCHEMA_VERSION = 1

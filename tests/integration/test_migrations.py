@@ -20,7 +20,8 @@ from deepsift.daemon.repository import VerdictRepository
 pytestmark = pytest.mark.integration
 
 SCHEMA_TABLES = {"verdicts", "verdict_frames", "verdict_tracks", "verdict_masks", "engines", "job_attempts",
-                 "verdict_hashes", "verdict_near_duplicates"}  # fmt: skip
+                 "verdict_hashes", "verdict_near_duplicates", "reviews"}  # fmt: skip
+HEAD_VIEWS = {"latest_verdicts", "review_queue"}
 
 
 def insert_old_verdict(engine: object, job_id: str) -> int:
@@ -86,11 +87,11 @@ def test_upgrading_twice_is_harmless(empty_database_url: str) -> None:
     objects = schema_objects(empty_database_url)
     # When it is upgraded again
     upgrade_database(empty_database_url)
-    # Then it is still at head with the same tables and the latest_verdicts view
+    # Then it is still at head with the same tables and views
     assert current_revision(empty_database_url) == head_revision(empty_database_url)
     assert schema_objects(empty_database_url) == objects
     tables, views = objects
-    assert tables >= SCHEMA_TABLES and views == {"latest_verdicts"}
+    assert tables >= SCHEMA_TABLES and views == HEAD_VIEWS
 
 
 def test_downgrade_to_base_then_upgrade_rebuilds_a_working_schema(
@@ -268,3 +269,74 @@ def test_downgrading_0004_removes_the_signals_and_keeps_verdicts(
         assert VerdictRepository(engine).get(saved.id).hashes == ()
     finally:
         engine.dispose()
+
+
+def test_0005_adds_reviews_and_roles_to_a_populated_0004_database(
+    empty_database_url: str, make_verdict: Callable[..., VerdictRecord]
+) -> None:
+    # Given a database at 0004 holding a verdict
+    upgrade_database(empty_database_url, "0004")
+    engine = make_database(empty_database_url)
+    try:
+        old = insert_old_verdict(engine, "job-at-0004")
+        # When it is upgraded to head
+        upgrade_database(empty_database_url)
+        # Then the old verdict is a serving verdict, shown in latest_verdicts with its own label as the final one
+        repository = VerdictRepository(engine)
+        assert repository.get(old).role == "serving"
+        with engine.connect() as connection:
+            row = connection.execute(
+                text("SELECT id, role, final_label, review_id FROM latest_verdicts WHERE job_id = 'job-at-0004'")
+            ).one()
+        assert tuple(row) == (old, "serving", None, None)
+        # And a shadow verdict of the same job stays out of latest_verdicts, and a review overrides the label
+        from deepsift.daemon.reviews import Reviews
+
+        repository.save(make_verdict(job_id="job-at-0004", engine_version=9, role="shadow"))
+        Reviews(repository).add(old, "fake", "ann")
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT id, final_label FROM latest_verdicts WHERE job_id = 'job-at-0004'")
+            ).all()
+        assert [tuple(r) for r in rows] == [(old, "fake")]
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_0005_removes_reviews_and_shadow_roles_and_keeps_verdicts(
+    empty_database_url: str, make_verdict: Callable[..., VerdictRecord]
+) -> None:
+    upgrade_database(empty_database_url)
+    engine = make_database(empty_database_url)
+    try:
+        from deepsift.daemon.reviews import Reviews
+
+        repository = VerdictRepository(engine)
+        saved = repository.save(make_verdict())
+        Reviews(repository).add(saved.id, "real", "ann")
+        engine.dispose()
+        downgrade_database(empty_database_url, "0004")
+        tables, views = schema_objects(empty_database_url)
+        assert "reviews" not in tables and views == {"latest_verdicts"}
+        assert "role" not in {c["name"] for c in inspect(engine).get_columns("verdicts")}
+        with engine.connect() as connection:
+            found = connection.execute(text("SELECT id FROM latest_verdicts WHERE id = :id"), {"id": saved.id})
+            assert found.scalar_one() == saved.id
+        upgrade_database(empty_database_url)
+        assert Reviews(VerdictRepository(engine)).for_job(repository.get(saved.id).job_id) == []
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_0005_is_refused_while_shadow_verdicts_are_stored(
+    empty_database_url: str, make_verdict: Callable[..., VerdictRecord]
+) -> None:
+    upgrade_database(empty_database_url)
+    engine = make_database(empty_database_url)
+    try:
+        VerdictRepository(engine).save(make_verdict(role="shadow"))
+    finally:
+        engine.dispose()
+    with pytest.raises(RuntimeError, match="1 shadow verdicts are stored"):
+        downgrade_database(empty_database_url, "0004")
+    assert current_revision(empty_database_url) == head_revision(empty_database_url)
