@@ -2,6 +2,14 @@
 
 Names follow Prometheus conventions: counters end in ``_total``, durations are seconds. Scraped at
 ``GET /metrics`` of the health server.
+
+The verdict metrics (``observe_verdict``) watch what each engine decides, serving and shadow alike, so alert
+rules can see a drift before anyone queries SQL: ``deepsift_verdicts_stored_total`` by status, label and code
+(rates of errors, ``no_face`` abstentions and ``uncertain`` labels), ``deepsift_verdict_p_fake`` (P(fake) of
+every verdict that has one; its ``_sum``/``_count`` give the mean) and ``deepsift_verdict_faces`` (face scores
+per judged job). Their labels stay bounded: engine names and versions of the store, the two roles, the statuses,
+the labels an engine's manifest can give and the closed set of ``engines.codes``. ``deploy/prometheus`` has
+alert rules on them.
 """
 
 from __future__ import annotations
@@ -12,8 +20,15 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from deepsift.daemon.records import VerdictRecord
+
+EMPTY_LABEL = ""  # a label value that does not apply (the code of an ok verdict, the label of an error)
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_PROBABILITIES = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 … 1.0, every 0.05
+_FACES = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # le="0": judged without a face (whole-frame engines)
+_ENGINE_LABELS = ("engine", "version", "role")
+ROLES = ("serving", "shadow")
 
 
 class StreamMetrics:
@@ -54,6 +69,18 @@ class StreamMetrics:
             registry=r,
         )  # fmt: skip
         self.engine = Gauge("deepsift_engine_info", "The engine served (value 1)", ["name", "version"], registry=r)
+        self.verdicts = Counter(
+            "deepsift_verdicts_stored", "Verdicts stored, by engine, role, status, label and (not ok) code",
+            [*_ENGINE_LABELS, "status", "label", "code"], registry=r,
+        )  # fmt: skip
+        self.p_fake = Histogram(
+            "deepsift_verdict_p_fake", "P(fake) of stored verdicts that have one, by engine and role",
+            _ENGINE_LABELS, buckets=_PROBABILITIES, registry=r,
+        )  # fmt: skip
+        self.faces = Histogram(
+            "deepsift_verdict_faces", "Face scores per ok or no_face verdict (0 for whole-frame engines)",
+            _ENGINE_LABELS, buckets=_FACES, registry=r,
+        )  # fmt: skip
 
     def watch_queues(self, queues: Mapping[str, queue.Queue]) -> None:
         """Queue depths are read at scrape time, not pushed by the stages."""
@@ -64,6 +91,26 @@ class StreamMetrics:
         self.jobs.labels(outcome=outcome).inc()
         if outcome == "error":
             self.errors.labels(code=code or "unknown").inc()
+
+    def observe_verdict(self, record: VerdictRecord, role: str | None = None) -> None:
+        """Count one newly stored verdict under its engine and role (``record.role`` unless given).
+
+        Every verdict is counted, with ``code`` empty for ``ok`` ones and ``label`` empty for the others. P(fake) is
+        observed where the verdict has one. Faces are the frame scores with a ``face_index``, observed for ``ok``
+        and ``abstained`` verdicts only: an error verdict's media was never looked at for faces, so it has no
+        count, not a count of 0."""
+        role = record.role if role is None else role
+        if role not in ROLES:
+            raise ValueError(f"a verdict's role is one of {ROLES}, not {role!r}")
+        engine = {"engine": record.engine.name, "version": str(record.engine.version), "role": role}
+        judged = record.status == "ok"
+        code_label = (None if judged else record.code) or EMPTY_LABEL  # codes: the closed VerdictCode set
+        label = (record.label or EMPTY_LABEL) if judged else EMPTY_LABEL
+        self.verdicts.labels(**engine, status=record.status, label=label, code=code_label).inc()
+        if record.p_fake is not None:
+            self.p_fake.labels(**engine).observe(record.p_fake)
+        if record.status != "error":
+            self.faces.labels(**engine).observe(sum(frame.face_index is not None for frame in record.frames))
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """A revoked partition's lag belongs to its new owner."""

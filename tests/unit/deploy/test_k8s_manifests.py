@@ -285,3 +285,25 @@ def test_documented_migrate_first_selector_applies_what_the_migration_needs_and_
     }
     assert needs | {("Job", "deepsift-db-upgrade")} <= {(obj["kind"], obj["metadata"]["name"]) for obj in chosen}
     assert not kinds & {"Deployment", "ScaledObject", "PodDisruptionBudget", "CronJob"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_drift_cronjob_runs_daemon_drift_and_fails_its_job_at_once_on_drift_or_too_few(rendered, overlay):
+    from deepsift.daemon.cli import build_parser
+    from deepsift.daemon.drift import DRIFT, TOO_FEW
+
+    # Given the rendered drift CronJob
+    objects = rendered[overlay]
+    cron = named(objects, "CronJob", "deepsift-drift")
+    container = the_container(cron)
+    # Then it runs on its schedule, one at a time, a `daemon drift` whose options the daemon's parser accepts
+    assert not cron["spec"].get("suspend", False) and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert container["args"][:2] == ["daemon", "drift"]
+    assert build_parser().parse_args(container["args"][1:]).json, "one JSON object per run, for the log pipeline"
+    env = environment(objects, container)
+    assert env.get("DEEPSIFT_DATABASE_URL") and env.get("DEEPSIFT_ENGINE_NAME")
+    # And drift or too few verdicts fail the Job without a retry (the figures would not change); exit 1 retries
+    (rule,) = cron["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["containerName"] == container["name"]
+    assert (rule["onExitCodes"]["operator"], sorted(rule["onExitCodes"]["values"])) == ("In", [DRIFT, TOO_FEW])
+    assert pod_spec(cron)["restartPolicy"] == "Never"  # what a podFailurePolicy requires
