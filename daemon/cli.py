@@ -1,5 +1,6 @@
 """The ``daemon`` command: ``run`` the Kafka service, ``submit`` jobs to it, ``scan`` local media into
-verdicts, ``report`` a verdict as an HTML page, ``db upgrade`` the schema."""
+verdicts, ``report`` a verdict as an HTML page, ``review`` verdicts, measure ``drift``, ``db upgrade`` the
+schema."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import structlog
+from pydantic import ValidationError
 
 from deepsift.daemon.logs import configure_logging
+from deepsift.daemon.review_commands import add_review_parser
 from deepsift.daemon.settings import Settings
 from deepsift.engines.cliargs import finish_parser
 from deepsift.engines.errors import DeepsiftError
@@ -50,6 +53,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "health_port": getattr(args, "health_port", None),
         "kafka_bootstrap_servers": getattr(args, "bootstrap_servers", None),
         "kafka_topic": getattr(args, "topic", None),
+        "shadow_engines": getattr(args, "shadow", None),
     }
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
 
@@ -85,6 +89,8 @@ def cmd_scan(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         signal.signal(signum, services.lifecycle.request_stop)
     try:
         table = VerdictTable(out)
+        for shadow in services.shadows:
+            print(f"shadow {shadow.manifest.name} v{shadow.manifest.version} (stored as shadow verdicts)", file=out)
         table.header(services.engines.current().manifest)
         results: list[ScanResult] = []
         try:
@@ -204,6 +210,14 @@ def _global_options(parser: argparse.ArgumentParser, default: Any = None) -> Non
     parser.add_argument("--engine", default=default, help="engine name (env DEEPSIFT_ENGINE_NAME)")
 
 
+def _shadow_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--shadow", action="append", metavar="NAME[@VERSION]",
+        help="also score every job with this engine, stored as shadow verdicts; repeatable "
+        "(env DEEPSIFT_SHADOW_ENGINES)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="daemon", description="deepsift daemon: media in, verdicts in SQL out")
     _global_options(parser)
@@ -222,14 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--frames", type=int, help="frames sampled per video (env DEEPSIFT_FRAMES_PER_VIDEO)")
     scan.add_argument("--aggregation", help="mean | max | topk[:fraction] | quantile[:q] (env DEEPSIFT_AGGREGATION)")
     scan.add_argument("--report", type=Path, metavar="DIR", help="also write an HTML page per verdict and an index")
+    _shadow_option(scan)
     scan.set_defaults(handler=cmd_scan)
 
     _add_report_parser(commands)
+    add_review_parser(commands)
+    from deepsift.daemon.drift import configure_drift_parser
+
+    configure_drift_parser(commands.add_parser("drift", help="compare two windows of an engine's verdicts (drift)"))
 
     run = commands.add_parser("run", help="the service: judge upload jobs from Kafka until SIGTERM")
     run.add_argument("--bootstrap-servers", help="Kafka host:port,… (env DEEPSIFT_KAFKA_BOOTSTRAP_SERVERS)")
     run.add_argument("--topic", help="jobs topic (env DEEPSIFT_KAFKA_TOPIC)")
     run.add_argument("--health-port", type=int, help="port of /healthz/* and /metrics (env DEEPSIFT_HEALTH_PORT)")
+    _shadow_option(run)
     run.set_defaults(handler=cmd_run)
 
     submit = commands.add_parser("submit", help="put jobs for local files or URLs on the jobs topic; prints job ids")
@@ -257,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     return finish_parser(parser, _global_options)
 
 
+def setting_errors(error: ValidationError) -> str:
+    """Pydantic's validation errors as one line: each setting, what is wrong with it."""
+    parts = [f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()]
+    return "invalid settings: " + "; ".join(parts)
+
+
 def _report_unknown_variables() -> None:
     """A misspelt ``DEEPSIFT_*`` variable is ignored by the settings; say so at start-up, with the likely name."""
     from deepsift.daemon.settings import unknown_variables
@@ -267,7 +293,11 @@ def _report_unknown_variables() -> None:
 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = build_parser().parse_args(argv)
-    settings = _settings(args)
+    try:
+        settings = _settings(args)
+    except ValidationError as e:  # a bad value from an option, the environment or the settings file
+        print(f"daemon: {setting_errors(e)}", file=sys.stderr)
+        return 1
     configure_logging(settings.log_level, settings.log_format)
     _report_unknown_variables()
     try:

@@ -1,9 +1,10 @@
 """The composition root of ``daemon scan`` and ``daemon run``: what both commands run on, built in one place.
 
 ``build_services`` makes the database (schema checked), the verdict repository, the engine watcher (the
-serving engine loaded, warm, recorded in SQL and followed for promotions), the decoder (DALI's worker started
-up front when it is chosen, so a broken GPU set-up fails at start, not on the first video), the judge
-configuration and the face detectors, and hands them to the pipeline loop with the command's result sink.
+serving engine loaded, warm, recorded in SQL and followed for promotions), the shadow engines, the decoder
+(DALI's worker started up front when it is chosen, so a broken GPU set-up fails at start, not on the first
+video), the judge configuration and the face detectors, and hands them to the pipeline loop with the command's
+result sink.
 ``daemon run`` waits while a dependency is down (``wait``); ``daemon scan`` fails at once instead (exit 1).
 """
 
@@ -17,16 +18,18 @@ from typing import TypeVar
 import structlog
 
 from deepsift.daemon.db import DbTimeouts, make_database, require_current_schema
-from deepsift.daemon.engine_watch import EngineWatcher, FaceDetectors
+from deepsift.daemon.engine_watch import EngineWatcher, FaceDetectors, warm_up
+from deepsift.daemon.pipeline.shadow import check_shadow
 from deepsift.daemon.repository import VerdictRepository
 from deepsift.daemon.runtime import engine_loader, judge_config, start_decoder
-from deepsift.daemon.settings import Settings
+from deepsift.daemon.settings import Settings, engine_ref
 from deepsift.daemon.stream.health import Health
 from deepsift.daemon.stream.metrics import StreamMetrics
 from deepsift.daemon.stream.retry import retry_forever
 from deepsift.daemon.stream.runner import Lifecycle, Services, Watch
 from deepsift.daemon.stream.sink import ResultSink
 from deepsift.engines.backends import LoadedEngine
+from deepsift.engines.manifest import EngineManifest
 from deepsift.engines.store import EngineStore
 
 log = structlog.get_logger(__name__)
@@ -65,6 +68,7 @@ def build_services(
     engines = open_engines(settings, repository, metrics, deps)
     health.engine_warm()
     try:
+        shadows = open_shadows(settings, engines.current().manifest, repository, deps)
         detectors = detector_factory(settings, engines)
         detectors()  # a detector that cannot be built on this device fails the start, not every job
         config = judge_config(settings, start_decoder(settings))
@@ -73,7 +77,7 @@ def build_services(
         engines.stop()
         raise
     return Services(settings, engines, repository, result_sink, health, metrics, lifecycle, config, detectors,
-                    probes=probes)  # fmt: skip
+                    probes=probes, shadows=shadows)  # fmt: skip
 
 
 def open_repository(settings: Settings, deps: Dependencies) -> VerdictRepository:
@@ -103,6 +107,23 @@ def open_engines(
         poll_s=settings.engine_poll_s,
         pinned_version=settings.engine_version,
     ).start()
+
+
+def open_shadows(
+    settings: Settings, serving: EngineManifest, repository: VerdictRepository, deps: Dependencies
+) -> tuple[LoadedEngine, ...]:
+    """The shadow engines (``pipeline.shadow``), loaded, warm and recorded in SQL; each must cut the serving
+    engine's regions. Their versions are fixed for the daemon's life (the current one when it starts, or pinned)."""
+    store, load, shadows = EngineStore(settings.engine_store), engine_loader(settings), []
+    for text in settings.shadow_engines:
+        name, version = engine_ref(text)
+        engine = load(store.resolve(name, version))
+        check_shadow(engine.manifest, serving)
+        warm_up(engine)
+        deps.call(lambda m=engine.manifest: repository.record_engine(m), "database")
+        log.info("shadow_engine", name=engine.manifest.name, version=engine.manifest.version)
+        shadows.append(engine)
+    return tuple(shadows)
 
 
 def detector_factory(settings: Settings, engines: EngineWatcher) -> Callable[[], FaceDetectors]:

@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,6 +43,10 @@ class Settings(BaseSettings):
     engine_version: int | None = Field(default=None, description="pin a version instead of following 'current'")
     engine_poll_s: float = Field(
         default=5.0, ge=0.0, description="how often 'current' is checked for a promoted engine; 0 = never, or pinned"
+    )
+    shadow_engines: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="engines that score every job beside the serving one (NAME or NAME@VERSION): shadow verdicts",
     )
     frames_per_video: int = Field(default=32, ge=1, le=1024, description="evenly spaced frames sampled per video")
     aggregation: str = Field(default="mean", description="frame→video rule: mean, max, topk[:fraction], quantile[:q]")
@@ -162,7 +167,7 @@ class Settings(BaseSettings):
         AggregationRule.parse(value)
         return value
 
-    @field_validator("media_roots", "http_allowed_hosts", "http_allowed_networks", mode="before")
+    @field_validator("media_roots", "http_allowed_hosts", "http_allowed_networks", "shadow_engines", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         """Environment variables may hold a JSON list or comma-separated items."""
@@ -171,6 +176,13 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("shadow_engines")
+    @classmethod
+    def _shadow_specs(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            engine_ref(spec)
         return value
 
     @field_validator("http_allowed_networks")
@@ -210,6 +222,18 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file} does not exist")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
         return (*sources, file_secret_settings)
+
+
+_ENGINE_REF = re.compile(r"^(?P<name>[^@\s]+)(?:@v?(?P<version>\d+))?$")
+
+
+def engine_ref(text: str) -> tuple[str, int | None]:
+    """``NAME`` (the store's current version) or ``NAME@VERSION`` (``NAME@v3`` too) → (name, version or None)."""
+    match = _ENGINE_REF.match(text.strip())
+    if match is None:
+        raise ValueError(f"an engine is named NAME or NAME@VERSION, not {text!r}")
+    version = match.group("version")
+    return match.group("name"), None if version is None else int(version)
 
 
 def unknown_variables(environ: Mapping[str, str] = os.environ) -> list[tuple[str, str | None]]:

@@ -21,13 +21,14 @@ from deepsift.daemon.pipeline.fetch import fetch
 from deepsift.daemon.pipeline.provenance import content_credentials
 from deepsift.daemon.pipeline.records import JudgeConfig, MediaJob, Outcome, PreparedMedia, ReusedVerdict
 from deepsift.daemon.pipeline.regions import find_regions
+from deepsift.daemon.pipeline.shadow import shadow_pixels
 from deepsift.daemon.records import FrameHashRecord
 from deepsift.engines.errors import PermanentError
 from deepsift.engines.faces import FaceDetector
 from deepsift.engines.manifest import EngineManifest
 from deepsift.engines.media import MediaFacts
 from deepsift.engines.perceptual import frame_hashes
-from deepsift.engines.preprocess import preprocess_batch
+from deepsift.engines.preprocess import InputContract, preprocess_batch
 
 log = structlog.get_logger(__name__)
 
@@ -57,12 +58,14 @@ def prepare(
     detector: FaceDetector | None,
     config: JudgeConfig,
     reuse: Reuse | None = None,
+    shadows: Sequence[InputContract] = (),
 ) -> PreparedMedia:
     """Fetch, decode, find regions and preprocess one job for ``manifest``'s engine; failures are recorded.
 
     Once the media is hashed, ``reuse`` may name an earlier verdict of the same bytes: the job is then answered
     from it, and nothing is decoded. ``reuse`` runs outside the per-job guard: what it raises (the daemon stopping
-    while the database is down) is not this job's verdict."""
+    while the database is down) is not this job's verdict. ``shadows`` are the input contracts of the shadow
+    engines: the same crops are given to each (``pipeline.shadow``)."""
     progress = _Progress(job)
     media = _guarded(progress, lambda: _fetch(progress, config))
     if isinstance(media, PreparedMedia):
@@ -73,7 +76,7 @@ def prepare(
         progress.timed("reuse_lookup", t)
         if earlier is not None:
             return PreparedMedia(job, progress.sha256, None, timings_ms=progress.timings, reused=earlier)
-    return _guarded(progress, lambda: _stages(progress, media, manifest, detector, config))
+    return _guarded(progress, lambda: _stages(progress, media, manifest, detector, config, shadows))
 
 
 T = TypeVar("T")
@@ -107,6 +110,7 @@ def _stages(
     manifest: EngineManifest,
     detector: FaceDetector | None,
     config: JudgeConfig,
+    shadows: Sequence[InputContract],
 ) -> PreparedMedia:
     credentials = None
     if config.signals.credentials:
@@ -136,8 +140,24 @@ def _stages(
     t = time.perf_counter()
     pixels = preprocess_batch(crops, manifest.input)
     progress.timed("preprocess", t)
+    if shadows:
+        t = time.perf_counter()
+        known["shadow_pixels"] = _shadow_pixels(progress.job, crops, pixels, manifest.input, shadows)
+        progress.timed("shadow_preprocess", t)
     return PreparedMedia(progress.job, progress.sha256, progress.facts, sampled, tuple(regions), pixels,
                          progress.timings, **known)  # fmt: skip
+
+
+def _shadow_pixels(
+    job: MediaJob, crops: Sequence[Any], pixels: Any, serving: InputContract, shadows: Sequence[InputContract]
+) -> tuple[Any, ...]:
+    """The shadows' input batches; a failure (a shadow's larger input out of memory, a bug) leaves the job without
+    shadow verdicts, never without its own."""
+    try:
+        return shadow_pixels(crops, pixels, serving, shadows)
+    except Exception:  # MemoryError included
+        log.exception("shadow_preprocess_failed", job_id=job.job_id)
+        return (None,) * len(shadows)
 
 
 def _hashes(job: MediaJob, frames: Sequence[Any]) -> tuple[FrameHashRecord, ...]:

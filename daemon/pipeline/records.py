@@ -85,6 +85,9 @@ class PreparedMedia:
     hashes: tuple[FrameHashRecord, ...] = ()  # perceptual hashes of the decoded frames
     near_duplicates: tuple[NearDuplicateRecord, ...] = ()  # earlier verdicts of similar media
     credentials: dict[str, Any] | None = None  # the C2PA manifest's summary, when the media carries one
+    # Each shadow engine's input batch (``pipeline.shadow``), in the order of the daemon's shadows; None for one
+    # that cuts other regions. The serving batch itself where the contracts agree.
+    shadow_pixels: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import replace
 import structlog
 
 from deepsift.daemon.pipeline import JudgeConfig, Outcome, PreparedMedia, engine_identity, infer, verdict
+from deepsift.daemon.pipeline.shadow import shadow_verdicts
 from deepsift.daemon.records import VerdictRecord
 from deepsift.daemon.stream.metrics import StreamMetrics
 from deepsift.daemon.stream.work import Judged, Work, put, take
@@ -66,9 +67,14 @@ class MicroBatcher:
 
 
 def judge_batch(
-    engine: LoadedEngine, batch: Sequence[Work], metrics: StreamMetrics, judge: Judge = verdict
+    engine: LoadedEngine,
+    batch: Sequence[Work],
+    metrics: StreamMetrics,
+    judge: Judge = verdict,
+    shadows: Sequence[LoadedEngine] = (),
 ) -> list[Judged]:
-    """One engine call per engine for the batch's pixels, then one verdict per job (None for jobs judged before).
+    """One engine call per engine for the batch's pixels, then one verdict per job (None for jobs judged before),
+    and each shadow engine's verdicts beside them (one call per shadow engine).
 
     Jobs are scored by the engine they were prepared for; ``engine`` (the serving one) judges any prepared
     without one. Whatever fails, each job gets a verdict of its own: the stage never ends over one job."""
@@ -91,7 +97,41 @@ def judge_batch(
         if has_pixels:
             record = replace(record, timings_ms={**record.timings_ms, "infer": infer_ms, "batch_frames": frames})
         judged.append(Judged(work, record))
-    return judged
+    return _with_shadows(judged, shadows, metrics, judge) if shadows else judged
+
+
+def _with_shadows(
+    judged: list[Judged], shadows: Sequence[LoadedEngine], metrics: StreamMetrics, judge: Judge
+) -> list[Judged]:
+    """Each job's shadow verdicts: one engine call per shadow for the batch's shadow pixels. A shadow that fails
+    is that shadow's error verdict; a bug here costs the jobs their shadow verdicts, never their serving ones."""
+    jobs = [j for j in judged if j.record is not None and j.work.prepared is not None]
+    outputs: list[list[EngineOutputs | Exception | None]] = [[None] * len(shadows) for _ in jobs]
+    for i, shadow in enumerate(shadows):
+        scored = [(k, j.work.prepared) for k, j in enumerate(jobs) if _shadow_batch(j.work.prepared, i) is not None]
+        if not scored:
+            continue
+        started = time.perf_counter()
+        ready = [replace(p, pixels=_shadow_batch(p, i), engine=shadow) for _, p in scored]
+        for (k, _), out in zip(scored, _infer(shadow, ready, masks=False), strict=True):
+            outputs[k][i] = out
+        metrics.stage_seconds.labels(stage="shadow_infer").observe(time.perf_counter() - started)
+    result = {id(j): j for j in judged}
+    for k, j in enumerate(jobs):
+        assert j.work.prepared is not None
+        try:
+            records = shadow_verdicts(j.work.prepared, shadows, outputs[k], j.work.config, judge)
+        except Exception:
+            log.exception("shadow_verdicts_failed", job_id=j.work.job_id)
+            continue
+        result[id(j)] = replace(j, shadows=records)
+    return [result[id(j)] for j in judged]
+
+
+def _shadow_batch(prepared: PreparedMedia | None, i: int) -> object | None:
+    if prepared is None or prepared.pixels is None or i >= len(prepared.shadow_pixels):
+        return None
+    return prepared.shadow_pixels[i]
 
 
 def _infer(engine: LoadedEngine, prepared: list[PreparedMedia], masks: bool) -> list[EngineOutputs | Exception]:
@@ -143,9 +183,10 @@ def batch_worker(
     metrics: StreamMetrics,
     stop: threading.Event,
     judge: Judge = verdict,
+    shadows: Sequence[LoadedEngine] = (),
 ) -> None:
     """Thread body: batches until the daemon stops."""
     while (batch := batcher.next_batch()) is not None:
-        for judged in judge_batch(engines(), batch, metrics, judge):
+        for judged in judge_batch(engines(), batch, metrics, judge, shadows):
             if not put(outbox, judged, stop):
                 return

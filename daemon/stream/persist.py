@@ -1,7 +1,8 @@
 """Stage 3, one thread: store each verdict, then report the job complete so its delivery may be acknowledged.
 
-Order per job: dead letter (error verdicts) → SQL commit → result event → completion, the first and last
-through the ``ResultSink`` (Kafka for ``daemon run``, nothing for ``daemon scan``). Each step is retried
+Order per job: dead letter (error verdicts) → SQL commit (with the job's shadow verdicts, in one transaction)
+→ result event → completion, the first and last through the ``ResultSink`` (Kafka for ``daemon run``, nothing
+for ``daemon scan``); shadow verdicts are never dead-lettered or announced. Each step is retried
 while its dependency is down, so a completion means all of them happened; a crash in between re-delivers the
 job, which then finds its verdict stored and only repeats the result event. Dead letters and result events
 are therefore at least once, verdicts exactly once per job and engine.
@@ -83,13 +84,15 @@ def _persist(judged: Judged, context: PersistContext) -> Completion:
         return _skipped(work, context)
     if record.status == "error":
         context.sink.dead_letter(work.envelope, record)
-    stored = _save(context, work.envelope, record)
+    stored = _save(context, work.envelope, record, judged.shadows)
     if stored.verdict_id is None:
         return _completion(work, "error", UNSTORABLE, stored)
     context.sink.publish(stored.record, stored.verdict_id)
     record = stored.record
     if stored.created:
         _count_signals(record, context.metrics)
+        for shadow in judged.shadows if record is judged.record else ():  # not under a store_failed replacement
+            context.metrics.observe_verdict(shadow)
     say = getattr(log, context.verdict_log_level)
     say("verdict", job_id=record.job_id, uri=record.media_uri, status=record.status, label=record.label,
         p_fake=record.p_fake, code=record.code, verdict_id=stored.verdict_id)  # fmt: skip
@@ -97,6 +100,7 @@ def _persist(judged: Judged, context: PersistContext) -> Completion:
 
 
 def _count_signals(record: VerdictRecord, metrics: StreamMetrics) -> None:
+    metrics.observe_verdict(record)
     if record.reused_from is not None:
         metrics.reused.inc()
     if record.near_duplicates:
@@ -129,11 +133,13 @@ def _completion(work: Work, outcome: str, code: str | None, stored: _Stored | No
                       stored.record, stored.created, stored.error)  # fmt: skip
 
 
-def _save(context: PersistContext, envelope: Envelope, record: VerdictRecord) -> _Stored:
-    """Store the verdict; one the database refuses (a bug) is replaced by a plain error verdict. An outage
-    outlasting ``outage_patience_s`` leaves it unstored."""
+def _save(
+    context: PersistContext, envelope: Envelope, record: VerdictRecord, shadows: tuple[VerdictRecord, ...] = ()
+) -> _Stored:
+    """Store the verdict with its shadow verdicts; one the database refuses (a bug) is replaced by a plain error
+    verdict, without shadows. An outage outlasting ``outage_patience_s`` leaves it unstored."""
     try:
-        saved = _retry(lambda: context.repository.save(record), "database", context, record.job_id)
+        saved = _retry(lambda: context.repository.save(record, shadows), "database", context, record.job_id)
         return _Stored(record, saved.id, saved.created)
     except Abandoned:
         raise

@@ -41,6 +41,7 @@ from deepsift.daemon.stream.work import Envelope, Work, put, take
 from deepsift.daemon.uploads import NearDuplicatePolicy, ReusePolicy, UploadHistory
 from deepsift.engines.backends import LoadedEngine
 from deepsift.engines.errors import PermanentError
+from deepsift.engines.preprocess import InputContract
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +78,7 @@ class PrepareContext:
     history: UploadHistory | None = None  # re-uploads and near-duplicates (daemon.uploads); None: neither
     reuse: ReusePolicy = field(default_factory=ReusePolicy)
     near: NearDuplicatePolicy = field(default_factory=NearDuplicatePolicy)
+    shadows: tuple[InputContract, ...] = ()  # the shadow engines' input contracts (pipeline.shadow)
 
 
 def prepare_message(envelope: Envelope, context: PrepareContext, detectors: FaceDetectors) -> Work:
@@ -153,7 +155,7 @@ def _prepare_fetched(
         outcome = Outcome.error("internal_error", f"face detector: {e!r}")
         return PreparedMedia(media, None, None, outcome=outcome, engine=engine)
     reuse = reuse_lookup(context, engine, config, media.job_id)
-    prepared = replace(prepare(media, engine.manifest, detector, config, reuse), engine=engine)
+    prepared = replace(prepare(media, engine.manifest, detector, config, reuse, context.shadows), engine=engine)
     return with_near_duplicates(prepared, context)
 
 

@@ -52,6 +52,7 @@ from deepsift.daemon.stream.retry import Abandoned
 from deepsift.daemon.stream.sink import ResultSink
 from deepsift.daemon.stream.work import Completion, Envelope
 from deepsift.daemon.uploads import UploadHistory
+from deepsift.engines.backends import LoadedEngine
 
 log = structlog.get_logger(__name__)
 
@@ -112,6 +113,7 @@ class Services:
     on_completion: Callable[[Completion], None] | None = None  # told of each job acknowledged (scan's table)
     outage_patience_s: float | None = None  # how long a database outage is waited out per verdict; None: forever
     verdict_log_level: str = "info"  # each stored verdict's log line; "debug" for a scan, whose table says it
+    shadows: tuple[LoadedEngine, ...] = ()  # engines scoring every job beside the serving one (pipeline.shadow)
 
 
 class PipelineLoop:
@@ -251,6 +253,7 @@ class PipelineLoop:
             history=UploadHistory(s.repository),
             reuse=reuse_policy(self.settings),
             near=near_duplicate_policy(self.settings),
+            shadows=tuple(shadow.manifest.input for shadow in s.shadows),
         )
         for i in range(self.settings.prepare_workers):
             self._spawn(f"prepare-{i}", prepare_worker, self.prepare_q, self.infer_q, prepare_context, s.detectors())
@@ -258,7 +261,7 @@ class PipelineLoop:
             self.infer_q, self.settings.batch_max_frames, self.settings.batch_max_wait_ms / 1000.0, lifecycle.stop_now
         )
         self._spawn("infer", batch_worker, batcher, self.persist_q, s.engines.current, s.metrics, lifecycle.stop_now,
-                    s.judge)  # fmt: skip
+                    s.judge, s.shadows)  # fmt: skip
         persist_context = PersistContext(
             s.repository,
             s.sink,

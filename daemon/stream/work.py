@@ -52,10 +52,12 @@ class Work:
 
 @dataclass(frozen=True)
 class Judged:
-    """The verdict to store for a job; ``record`` is None when this engine judged the job before."""
+    """The verdict to store for a job; ``record`` is None when this engine judged the job before. ``shadows``:
+    the shadow engines' verdicts of the job, stored in the same transaction (``pipeline.shadow``)."""
 
     work: Work
     record: VerdictRecord | None
+    shadows: tuple[VerdictRecord, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -83,13 +83,13 @@ class RefusingRepository(VerdictRepository):
         super().__init__(database)
         self.refused_once, self.refused, self.unreachable = refused_once, refused, unreachable
 
-    def save(self, record: VerdictRecord) -> SavedVerdict:
+    def save(self, record: VerdictRecord, shadows: Sequence[VerdictRecord] = ()) -> SavedVerdict:
         constraint = IntegrityError("INSERT INTO verdicts", {}, sqlite3.IntegrityError("CHECK constraint failed"))
         if record.job_id == self.unreachable:
             raise RetryableError("database unavailable: connection refused")
         if record.job_id == self.refused or (record.job_id == self.refused_once and record.code != "store_failed"):
             raise constraint
-        return super().save(record)
+        return super().save(record, shadows)
 
 
 def test_a_verdict_stage_that_raises_and_a_store_that_fails_cost_only_their_own_files(
@@ -198,10 +198,10 @@ def test_a_job_whose_preparation_raises_gets_an_internal_error_and_the_scan_goes
     paths = [_image(tmp_path / f"{name}.png", seed) for seed, name in enumerate("abc")]
     real_prepare = prepare_stage.prepare
 
-    def prepare(media, manifest, detector, config, reuse=None):
+    def prepare(media, manifest, detector, config, reuse=None, shadows=()):
         if media.path.name == "b.png":
             raise RuntimeError("decoder bug")
-        return real_prepare(media, manifest, detector, config, reuse)
+        return real_prepare(media, manifest, detector, config, reuse, shadows)
 
     monkeypatch.setattr(prepare_stage, "prepare", prepare)
     # When they are scanned, each has its verdict, in order, and the bug is the second one's internal_error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 
 import pytest
@@ -35,15 +36,15 @@ class Repository:
     def __init__(self, log: Log, outage: int = 0, refuse: bool = False) -> None:
         self.log, self.outage, self.refuse, self.saved = log, outage, refuse, []
 
-    def save(self, record: VerdictRecord) -> SavedVerdict:
+    def save(self, record: VerdictRecord, shadows: Sequence[VerdictRecord] = ()) -> SavedVerdict:
         if self.outage:
             self.outage -= 1
             raise RetryableError("database unavailable")
         if self.refuse and record.status == "ok":
             raise ValueError("value out of range")
         self.log.calls.append(f"save:{record.status}:{record.code}")
-        self.saved.append(record)
-        return SavedVerdict(len(self.saved), created=True)
+        self.saved += [record, *shadows]
+        return SavedVerdict(len(self.saved) - len(shadows), created=True)
 
     def get(self, verdict_id: int) -> VerdictRecord:
         self.log.calls.append(f"get:{verdict_id}")
