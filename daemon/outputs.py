@@ -5,6 +5,9 @@ Multi-class engines (seed 000 §2.2 real/synthetic/tampered, SD²'s manipulation
 1 − P(real) through their fake logit, calibrated by the manifest like any other engine. Their video-level
 class probabilities are the mean softmax over the decisive track's regions — the same regions that decide
 P(fake) — and the label of a fake is its most probable non-real class.
+
+An engine whose manifest has an uncertain band labels media whose P(fake) falls inside it ``uncertain`` (binary
+and multi-class alike): the verdict stays ``ok`` with its P(fake) and class probabilities, and goes to review.
 """
 
 from __future__ import annotations
@@ -54,9 +57,16 @@ def media_class_probs(
     return {name: float(p) for name, p in zip(task.class_names, mean, strict=True)}
 
 
+UNCERTAIN = "uncertain"  # the label of P(fake) inside the manifest's uncertain band, for any task
+
+
 def media_label(manifest: EngineManifest, p_fake: float, class_probs: dict[str, float]) -> str:
-    """``real`` below the threshold; above it the positive class (binary) or the likeliest non-real class."""
+    """``uncertain`` inside the manifest's uncertain band (``low <= p_fake < high``), where there is one; else
+    ``real`` below the threshold, and above it the positive class (binary) or the likeliest non-real class."""
     task = manifest.task
+    band = manifest.uncertain_band
+    if band is not None and band.contains(p_fake):
+        return UNCERTAIN
     if p_fake < manifest.threshold:
         return task.real_class
     if task.kind == "binary":

@@ -9,7 +9,8 @@ from typing import TextIO
 from deepsift.daemon.scan import ScanResult
 from deepsift.engines.manifest import EngineManifest
 
-_COLUMNS = (("file", 28), ("type", 5), ("status", 9), ("label", 5), ("p_fake", 6), ("frames", 6), ("code", 15))
+# label: wide enough for "uncertain" (the band's label) and class names such as "synthetic"
+_COLUMNS = (("file", 28), ("type", 5), ("status", 9), ("label", 9), ("p_fake", 6), ("frames", 6), ("code", 15))
 
 
 class VerdictTable:
@@ -24,9 +25,11 @@ class VerdictTable:
         print("  ".join(cells).rstrip(), file=self.out, flush=True)
 
     def header(self, manifest: EngineManifest) -> None:
+        band = manifest.uncertain_band
+        uncertain = "" if band is None else f", uncertain {band.low:.3f} <= p_fake < {band.high:.3f}"
         print(
             f"engine {manifest.name} v{manifest.version} ({manifest.recipe}, {manifest.input.crop_mode} mode, "
-            f"threshold {manifest.threshold:.3f})",
+            f"threshold {manifest.threshold:.3f}{uncertain})",
             file=self.out,
         )
         self._line([name for name, _ in _COLUMNS])

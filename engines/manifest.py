@@ -6,6 +6,10 @@ it came from by ``name``, ``version`` and ``artifact_sha256``. Schema changes bu
 - 1: one output, ``output_name`` (the fake logit); temperature calibration only.
 - 2: ``outputs`` names the fake-logit, class-logit and mask-logit tensors; isotonic calibration.
   Version-1 manifests still load (their ``output_name`` becomes ``outputs.fake_logit``).
+  Optional ``uncertain_band`` (still schema 2; manifests without it load unchanged and have no band): the range
+  ``[low, high)`` of calibrated P(fake) around ``threshold`` where the engine does not reach the band's target
+  precision on validation; the daemon labels such media ``uncertain`` (``trainer rebuild-engine
+  --uncertain-precision``, chosen by ``trainer.band``).
 """
 
 from __future__ import annotations
@@ -90,6 +94,29 @@ class Calibration(_Frozen):
         return np.exp(-np.logaddexp(0.0, -z))  # sigmoid without overflow
 
 
+class UncertainBand(_Frozen):
+    """Calibrated P(fake) in ``[low, high)`` is labelled ``uncertain``: at or above ``high`` the validation items
+    were fake, and below ``low`` real, with at least ``target_precision``. The figures say what it was chosen on;
+    a precision is None where no validation item fell on that side (the target was not reached there)."""
+
+    low: float = Field(ge=0.0, le=1.0)
+    high: float = Field(ge=0.0, le=1.0)
+    target_precision: float = Field(gt=0.0, le=1.0)
+    precision_fake: float | None = Field(default=None, ge=0.0, le=1.0, description="of validation items >= high")
+    precision_real: float | None = Field(default=None, ge=0.0, le=1.0, description="of validation items < low")
+    share_uncertain: float | None = Field(default=None, ge=0.0, le=1.0, description="validation items inside")
+    n: int = Field(default=0, ge=0, description="validation items it was chosen on")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UncertainBand:
+        if self.low > self.high:
+            raise ValueError(f"uncertain band must satisfy low <= high, got {self.low}/{self.high}")
+        return self
+
+    def contains(self, p_fake: float) -> bool:
+        return self.low <= p_fake < self.high
+
+
 class OutputSpec(_Frozen):
     """Names of the engine's output tensors. ``fake_logit`` (N) always; ``class_logits`` (N×C over
     ``task.class_names``) and ``mask_logits`` (N×1×H×W at the input size) where the detector makes them."""
@@ -120,6 +147,7 @@ class EngineManifest(_Frozen):
     weights_sha256: str
     calibration: Calibration = Calibration()
     threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="operating threshold on calibrated P(fake)")
+    uncertain_band: UncertainBand | None = Field(default=None, description="P(fake) labelled uncertain; None: none")
     evaluation: dict[str, float | int | str] = Field(default_factory=dict)
     built_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
@@ -137,6 +165,11 @@ class EngineManifest(_Frozen):
             raise ValueError("class_logits output needs a multiclass task")
         if self.outputs.mask_logits is not None and not self.task.masks:
             raise ValueError("mask_logits output needs a task with masks")
+        band = self.uncertain_band
+        if band is not None and not band.low <= self.threshold <= band.high:
+            raise ValueError(f"uncertain band [{band.low}, {band.high}) must hold the threshold {self.threshold}")
+        if band is not None and "uncertain" in self.task.class_names:
+            raise ValueError("a task with a class named 'uncertain' cannot have an uncertain band (its label)")
         return self
 
     def write(self, directory: Path) -> Path:

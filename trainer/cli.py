@@ -11,6 +11,7 @@ from typing import Any
 
 from deepsift.engines.cliargs import finish_parser
 from deepsift.engines.errors import DeepsiftError
+from deepsift.trainer.reviewed_cli import add_export_reviews_command
 
 DEFAULT_DEMO_STEPS = 700  # trainer.demo.DemoBudget.steps; repeated here so --help stays light
 Commands = argparse._SubParsersAction
@@ -77,6 +78,7 @@ def cmd_rebuild_engine(args: argparse.Namespace) -> int:
         recipe=args.recipe, name=args.name or args.recipe, runs=args.runs, run=args.run, data=args.data,
         backend=args.backend, precision=args.precision, calibration=args.calibration, target_fpr=args.target_fpr,
         metric=args.metric, max_metric_drop=args.max_metric_drop, promote=not args.no_promote, device=args.device,
+        band_precision=args.uncertain_precision, reviewed=args.reviewed, reviewed_split=args.reviewed_split,
     )  # fmt: skip
     result = rebuild_engine(EngineStore(args.engine_store), options)
     manifest = result.manifest
@@ -254,18 +256,20 @@ def _add_rebuild_engine(commands: Commands) -> None:
     rebuild.add_argument("--run", type=Path, help="use this run folder instead of the newest")
     rebuild.add_argument("--data", type=Path, help="dataset manifest with a val split (default: the run's)")
     _add_backend_choices(rebuild, backend_help=None, precision_help=None)
-    rebuild.add_argument(
-        "--calibration", choices=["temperature", "isotonic", "none"], default="temperature",
-        help="how logits become P(fake), fitted on the validation split",
-    )  # fmt: skip
+    rebuild.add_argument("--calibration", choices=["temperature", "isotonic", "none"], default="temperature",
+                         help="how logits become P(fake), fitted on the validation split")  # fmt: skip
     rebuild.add_argument("--target-fpr", type=float, default=0.01, help="false-positive rate on real validation items")
-    rebuild.add_argument(
-        "--metric", default="roc_auc", help="validation figure the gate compares, higher is better",
-        choices=["roc_auc", "average_precision", "accuracy", "balanced_accuracy", "f1_macro"],
-    )  # fmt: skip
+    rebuild.add_argument("--metric", default="roc_auc", help="figure the gates compare, higher is better", choices=[
+        "roc_auc", "average_precision", "accuracy", "balanced_accuracy", "f1_macro"])  # fmt: skip
     rebuild.add_argument("--max-metric-drop", type=float, default=0.01, help="largest drop vs. the current engine")
     rebuild.add_argument("--no-promote", action="store_true", help="store the version without making it current")
     rebuild.add_argument("--device", help="torch device for validation (default: cuda when available)")
+    rebuild.add_argument("--uncertain-precision", type=float, metavar="P", help="label media 'uncertain' where "
+                         "validation is neither fake nor real with precision >= P (default: no band)")  # fmt: skip
+    rebuild.add_argument("--reviewed", type=Path, metavar="MANIFEST", help="reviewed media (trainer export-reviews): "
+                         "the new engine must not do worse there than the current one either")  # fmt: skip
+    rebuild.add_argument("--reviewed-split", choices=["train", "val", "test"], default="test",
+                         help="split of --reviewed the engines are scored on")  # fmt: skip
     rebuild.set_defaults(handler=cmd_rebuild_engine)
 
 
@@ -349,7 +353,7 @@ def _add_engines(commands: Commands) -> None:
 # The sub-commands in the order ``trainer --help`` lists them.
 SUBCOMMANDS: tuple[Callable[[Commands], None], ...] = (
     _add_recipes, _add_demo, _add_build_engine, _add_rebuild_engine, _add_import_folders, _add_prepare, _add_fit,
-    _add_evaluate, _add_fewshot, _add_engines,
+    _add_evaluate, _add_fewshot, add_export_reviews_command, _add_engines,
 )  # fmt: skip
 
 

@@ -3,16 +3,18 @@
 newest finished run of the recipe → build (ONNX export, the backend's artifact, parity against torch on the
 golden batch: a failure stores nothing) → the built engine's fake logits on the validation split (so
 calibration fits what will be served, fp16 and TensorRT included) → calibration and the operating threshold
-for a target false-positive rate → the current engine scored on the same images (preprocessed by its own
-input contract, at its own threshold) → the next version in the store → promoted with one atomic rename,
-unless the metric dropped by more than the allowed margin (then the version stays stored, unpromoted, for
-inspection: ``trainer engines promote`` overrides).
+for a target false-positive rate → optionally the uncertain band around it for a target precision
+(``trainer.band``) → the gates (``trainer.gates``): the current engine scored on the same validation images and,
+when a reviewed manifest is given, both engines on its reviewed items (each preprocessed by its own input
+contract, at its own threshold) → the next version in the store → promoted with one atomic rename, unless a gate
+refused (the metric dropped by more than the allowed margin: then the version stays stored, unpromoted, for
+inspection; ``trainer engines promote`` overrides).
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,16 +23,27 @@ import torch
 
 from deepsift.engines.backends import BackendOptions, LoadedEngine, load_engine
 from deepsift.engines.errors import EngineError
-from deepsift.engines.manifest import BatchRange, EngineManifest, sha256_file
+from deepsift.engines.manifest import BatchRange, EngineManifest, UncertainBand, sha256_file
 from deepsift.engines.models import build_detector
 from deepsift.engines.store import EngineStore
+from deepsift.trainer.band import choose_band
 from deepsift.trainer.build import build_engine
-from deepsift.trainer.calibrate import calibrate, expected_calibration_error
-from deepsift.trainer.data import ManifestDataset, dataset_for
-from deepsift.trainer.metrics import binary_metrics
+from deepsift.trainer.calibrate import CalibrationResult, calibrate, expected_calibration_error
+from deepsift.trainer.data import ManifestDataset
+from deepsift.trainer.gates import (
+    GATE_METRICS,
+    Gate,
+    GateSplit,
+    combined,
+    current_figures,
+    decide,
+    engine_logits,
+    fake_labels,
+    split_figures,
+)
 from deepsift.trainer.runs import TrainedRun, newest_run, read_run
 
-GATE_METRICS = ("roc_auc", "average_precision", "accuracy", "balanced_accuracy", "f1_macro")  # binary_metrics
+Figures = dict[str, float | int]
 
 
 @dataclass(frozen=True)
@@ -49,77 +62,83 @@ class RebuildOptions:
     batch: BatchRange = field(default_factory=lambda: BatchRange(min=1, opt=32, max=64))
     promote: bool = True
     device: str | None = None
-
-
-@dataclass(frozen=True)
-class Gate:
-    passed: bool
-    reason: str
-    baseline_version: int | None = None
-    baseline_value: float | None = None
+    band_precision: float | None = None  # target precision of the uncertain band (trainer.band); None: no band
+    reviewed: Path | None = None  # dataset manifest of reviewed media (trainer export-reviews): the reviewed gate
+    reviewed_split: str = "test"  # the split of `reviewed` both engines are scored on
 
 
 @dataclass(frozen=True)
 class RebuildResult:
     manifest: EngineManifest
     promoted: bool
-    gate: Gate
+    gate: Gate  # every gate together: passed only if each did
+    gates: tuple[Gate, ...] = ()  # validation, then reviewed when there is a reviewed manifest
 
 
-def engine_logits(engine: LoadedEngine, dataset: ManifestDataset) -> np.ndarray:
-    """The engine's fake logit for every item, preprocessed by the dataset's recipe."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=engine.manifest.batch.max)
-    return np.concatenate([engine.logits(b["pixels"].numpy()) for b in loader])
+@dataclass(frozen=True)
+class _Scored:
+    """The new engine as it will be served: calibration, threshold, band, and its figures on each gate split."""
+
+    fitted: CalibrationResult
+    band: UncertainBand | None
+    figures: list[Figures]
+    val_ece: float
 
 
-def engine_p_fake(engine: LoadedEngine, dataset: ManifestDataset) -> np.ndarray:
-    """The engine's calibrated P(fake) for every item, preprocessed by the dataset's recipe."""
-    return engine.manifest.calibration.p_fake_array(engine_logits(engine, dataset))
+def _check(options: RebuildOptions) -> None:
+    if options.metric not in GATE_METRICS:
+        raise EngineError(f"--metric must be one of {', '.join(GATE_METRICS)}, not {options.metric!r}")
+    if options.band_precision is not None and not 0.0 < options.band_precision <= 1.0:
+        raise EngineError(f"--uncertain-precision must lie in (0, 1], not {options.band_precision}")
 
 
-def fake_labels(dataset: ManifestDataset) -> np.ndarray:
-    return np.array([row.label == "fake" for row in dataset.rows], dtype=int)
+def _gate_splits(data: Path, options: RebuildOptions) -> list[GateSplit]:
+    splits = [GateSplit("validation", "val", data, "val")]
+    if options.reviewed is not None:
+        splits.append(GateSplit("reviewed", "reviewed", options.reviewed, options.reviewed_split))
+    return splits
 
 
-def baseline(
-    store: EngineStore,
-    name: str,
+def _score_new(
+    built: LoadedEngine, items: Sequence[ManifestDataset], options: RebuildOptions, log: Callable[[str], None]
+) -> _Scored:
+    """Calibrate on validation (the first items), choose the band there, then score every split as served."""
+    labels = fake_labels(items[0])
+    logits = engine_logits(built, items[0])
+    fitted = calibrate(logits, labels, options.calibration, options.target_fpr)
+    log(f"calibration {options.calibration}: {fitted.report}; threshold {fitted.threshold:.4f}")
+    p_fake = fitted.calibration.p_fake_array(logits)
+    band = None
+    if options.band_precision is not None:
+        band = choose_band(p_fake, labels, fitted.threshold, options.band_precision)
+        log(f"uncertain band [{band.low:.4f}, {band.high:.4f}) holds {band.share_uncertain:.1%} of validation")
+    figures = [split_figures(labels, p_fake, fitted.threshold, band)]
+    for more in items[1:]:
+        p_more = fitted.calibration.p_fake_array(engine_logits(built, more))
+        figures.append(split_figures(fake_labels(more), p_more, fitted.threshold, band))
+    return _Scored(fitted, band, figures, expected_calibration_error(p_fake, labels))
+
+
+def _evaluation(
+    draft: EngineManifest,
+    scored: _Scored,
+    splits: Sequence[GateSplit],
+    options: RebuildOptions,
     run: TrainedRun,
-    data: Path,
-    metric: str,
-    options: BackendOptions,
-    log: Callable[[str], None] = print,
-) -> tuple[int, float] | None:
-    """The current engine's metric on the same validation items, preprocessed by its own input contract and
-    judged at its own threshold. If it cannot run here (a TensorRT plan for another GPU), its recorded
-    ``val_<metric>``; NaN when there is neither, which the gate refuses."""
-    version = store.current_version(name)
-    if version is None:
-        return None
-    path = store.resolve(name, version)
-    try:
-        current = load_engine(path, options=options)
-    except EngineError as e:
-        recorded = EngineManifest.read(path).evaluation.get(f"val_{metric}")
-        log(f"current engine v{version} cannot run here ({e}); comparing with its recorded val_{metric}")
-        return version, float(recorded) if isinstance(recorded, int | float) else float("nan")
-    recipe = run.recipe.model_copy(update={"input": current.manifest.input})
-    dataset = dataset_for(data, "val", recipe)
-    p_fake = engine_p_fake(current, dataset)
-    return version, binary_metrics(fake_labels(dataset), p_fake, current.manifest.threshold)[metric]
-
-
-def decide(value: float, reference: tuple[int, float] | None, metric: str, max_drop: float) -> Gate:
-    if not np.isfinite(value):
-        return Gate(False, f"validation {metric} is {value}: the split needs real and fake items")
-    if reference is None:
-        return Gate(True, "no current engine to compare with")
-    version, before = reference
-    if not np.isfinite(before):
-        return Gate(False, f"no comparable {metric} for the current v{version}", version, before)
-    if value < before - max_drop:
-        return Gate(False, f"{metric} {value:.4f} < v{version}'s {before:.4f} − {max_drop}", version, before)
-    return Gate(True, f"{metric} {value:.4f} vs v{version}'s {before:.4f} (allowed drop {max_drop})", version, before)
+    gate: Gate,
+) -> dict[str, float | int | str]:
+    evaluation: dict[str, float | int | str] = dict(draft.evaluation)
+    for split, figures in zip(splits, scored.figures, strict=True):
+        evaluation |= {f"{split.key}_{k}": v for k, v in figures.items()}
+    evaluation |= {f"calibration_{k}": v for k, v in scored.fitted.report.items() if isinstance(v, int | float | str)}
+    evaluation |= {"val_ece": scored.val_ece, "target_fpr": options.target_fpr}
+    if scored.band is not None:
+        band = scored.band.model_dump(exclude={"n", "share_uncertain"})
+        evaluation |= {f"band_{k}": float("nan") if v is None else v for k, v in band.items()}
+    if options.reviewed is not None:
+        evaluation |= {"reviewed_split": options.reviewed_split, "reviewed_sha256": sha256_file(options.reviewed)}
+    evaluation |= {"checkpoint_sha256": sha256_file(run.checkpoint), "gate": gate.reason}
+    return {k: _finite(v) for k, v in evaluation.items()}
 
 
 def _finite(value: float | int | str) -> float | int | str:
@@ -127,22 +146,33 @@ def _finite(value: float | int | str) -> float | int | str:
     return str(value) if isinstance(value, float) and not np.isfinite(value) else value
 
 
+def _gates(
+    scored: _Scored, reference: tuple[int, list[float]] | None, splits: Sequence[GateSplit], options: RebuildOptions
+) -> tuple[Gate, ...]:
+    """One gate per split: the new engine's metric there against the current engine's on the same items."""
+    gates = []
+    for i, (split, figures) in enumerate(zip(splits, scored.figures, strict=True)):
+        before = None if reference is None else (reference[0], reference[1][i])
+        gates.append(
+            decide(float(figures[options.metric]), before, options.metric, options.max_metric_drop, split.gate)
+        )
+    return tuple(gates)
+
+
 def rebuild_engine(store: EngineStore, options: RebuildOptions, log: Callable[[str], None] = print) -> RebuildResult:
-    if options.metric not in GATE_METRICS:
-        raise EngineError(f"--metric must be one of {', '.join(GATE_METRICS)}, not {options.metric!r}")
+    _check(options)
     run = read_run(options.run) if options.run else newest_run(options.runs, options.recipe, log)
     data = options.data or run.data
     if data is None:
         raise EngineError(f"run {run.folder} recorded no dataset manifest: pass --data")
+    splits = _gate_splits(data, options)
+    items = [split.items(run.recipe) for split in splits]  # before the build: a missing split fails fast
     device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backend_options = BackendOptions(device=str(device))
-    log(f"run {run.folder} ({run.recipe.name}), validation split of {data}")
+    log(f"run {run.folder} ({run.recipe.name}), " + ", ".join(f"{s.gate}: {s.split} split of {s.data}" for s in splits))
 
     model = build_detector(run.recipe)
     model.load_state_dict(torch.load(run.checkpoint, map_location="cpu", weights_only=True))
-    val = dataset_for(data, "val", run.recipe)
-    labels = fake_labels(val)
-
     with tempfile.TemporaryDirectory(prefix="deepsift-rebuild-") as scratch_root:
         scratch = EngineStore(scratch_root)
         draft = build_engine(
@@ -150,28 +180,17 @@ def rebuild_engine(store: EngineStore, options: RebuildOptions, log: Callable[[s
             batch=options.batch, promote=False,
         )  # fmt: skip
         built = load_engine(scratch.resolve(options.name, draft.version), options=backend_options)
-        logits = engine_logits(built, val)
-        fitted = calibrate(logits, labels, options.calibration, options.target_fpr)
-        log(f"calibration {options.calibration}: {fitted.report}; threshold {fitted.threshold:.4f}")
-        p_fake = fitted.calibration.p_fake_array(logits)
-        figures = binary_metrics(labels, p_fake, fitted.threshold)
-        reference = baseline(store, options.name, run, data, options.metric, backend_options, log)
-        gate = decide(figures[options.metric], reference, options.metric, options.max_metric_drop)
-        evaluation = {
-            **draft.evaluation,
-            **{f"val_{k}": v for k, v in figures.items()},
-            **{f"calibration_{k}": v for k, v in fitted.report.items() if isinstance(v, int | float | str)},
-            "val_ece": expected_calibration_error(p_fake, labels),
-            "val_n": len(labels),
-            "target_fpr": options.target_fpr,
-            "checkpoint_sha256": sha256_file(run.checkpoint),
-            "gate": gate.reason,
-        }
-        manifest = draft.model_copy(
-            update={
-                "calibration": fitted.calibration,
-                "threshold": fitted.threshold,
-                "evaluation": {k: _finite(v) for k, v in evaluation.items()},
+        scored = _score_new(built, items, options, log)
+        reference = current_figures(store, options.name, run.recipe, splits, options.metric, backend_options, log)
+        gates = _gates(scored, reference, splits, options)
+        gate = combined(gates)
+        manifest = EngineManifest.model_validate(
+            draft.model_dump()
+            | {
+                "calibration": scored.fitted.calibration,
+                "threshold": scored.fitted.threshold,
+                "uncertain_band": scored.band,
+                "evaluation": _evaluation(draft, scored, splits, options, run, gate),
             }
         )
         stored = store.add(manifest, scratch.resolve(options.name, draft.version) / draft.artifact)
@@ -179,4 +198,4 @@ def rebuild_engine(store: EngineStore, options: RebuildOptions, log: Callable[[s
     promoted = gate.passed and options.promote
     if promoted:
         store.promote(stored.name, stored.version, reason=f"trainer rebuild-engine: {gate.reason}")
-    return RebuildResult(stored, promoted, gate)
+    return RebuildResult(stored, promoted, gate, gates)

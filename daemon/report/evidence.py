@@ -76,6 +76,16 @@ class Evidence:
     def face_mode(self) -> bool:
         return any(r.box is not None for r in self.regions)
 
+    @property
+    def band(self) -> tuple[float, float] | None:
+        """The uncertain band ``(low, high)`` of the verdict's engine, when its manifest has one."""
+        return _band(self.manifest)
+
+
+def _band(manifest: EngineManifest | None) -> tuple[float, float] | None:
+    band = None if manifest is None else manifest.uncertain_band
+    return None if band is None else (band.low, band.high)
+
 
 def gather(
     record: VerdictRecord,
@@ -100,7 +110,7 @@ def gather(
     timeline = None
     if record.frames:
         title = f"{record.engine.name} v{record.engine.version}: P(fake) per sampled frame"
-        timeline = images.png_data_uri(timeline_png(record.frames, record.threshold, None, title))
+        timeline = images.png_data_uri(timeline_png(record.frames, record.threshold, _band(manifest), title))
     thumbnail = None
     if shown and shown[0] in pictures.frames:
         thumbnail = images.data_uri(images.fitted(pictures.frames[shown[0]], images.THUMBNAIL_MAX_SIDE))

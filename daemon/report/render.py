@@ -109,7 +109,9 @@ def render_verdict(
 ) -> str:
     """The verdict page; ``verdict_href`` links other verdicts of the job, ``index_href`` the scan's index."""
     template = _environment().get_template("verdict.html.j2")
-    return template.render(ev=evidence, band=None, verdict_href=verdict_href, index_href=index_href, **_common())
+    return template.render(
+        ev=evidence, band=evidence.band, verdict_href=verdict_href, index_href=index_href, **_common()
+    )
 
 
 def render_index(entries: Sequence[IndexEntry], title: str) -> str:

@@ -12,7 +12,7 @@ from deepsift.daemon.outputs import RegionScores, mask_records, media_class_prob
 from deepsift.daemon.pipeline import JudgeConfig, MediaJob, PreparedMedia, Region, verdict
 from deepsift.engines.aggregate import AggregationRule
 from deepsift.engines.backends import EngineOutputs
-from deepsift.engines.manifest import BackendSpec, Calibration, EngineManifest, OutputSpec
+from deepsift.engines.manifest import BackendSpec, Calibration, EngineManifest, OutputSpec, UncertainBand
 from deepsift.engines.preprocess import InputContract
 from deepsift.engines.recipes import TaskSpec
 
@@ -71,6 +71,35 @@ def test_a_binary_engine_states_real_and_fake_from_p_fake() -> None:
 def test_a_fake_is_labelled_with_its_likeliest_manipulation(p_fake: float, expected: str) -> None:
     class_probs = {"real": 0.05, "synthetic": 0.4, "tampered": 0.55}
     assert media_label(manifest(), p_fake, class_probs) == expected
+
+
+BAND = UncertainBand(low=0.3, high=0.8, target_precision=0.95)
+
+
+@pytest.mark.parametrize(
+    ("p_fake", "binary", "multiclass"),
+    [(0.29, "real", "real"), (0.3, "uncertain", "uncertain"), (0.5, "uncertain", "uncertain"),
+     (0.79, "uncertain", "uncertain"), (0.8, "fake", "tampered")],
+)  # fmt: skip
+def test_inside_the_uncertain_band_the_label_is_uncertain(p_fake: float, binary: str, multiclass: str) -> None:
+    # Given engines whose manifests put [0.3, 0.8) around their 0.5 threshold
+    class_probs = {"real": 0.05, "synthetic": 0.4, "tampered": 0.55}
+    # Then inside the half-open band neither real nor fake is stated
+    assert media_label(manifest(TaskSpec(), uncertain_band=BAND), p_fake, {}) == binary
+    assert media_label(manifest(uncertain_band=BAND), p_fake, class_probs) == multiclass
+
+
+def test_an_uncertain_verdict_stays_ok_with_its_scores() -> None:
+    # Given a one-image job whose P(fake) of 0.5 falls inside the band
+    prepared = PreparedMedia(
+        MediaJob(job_id="j", uri="file:///x.png"), "d" * 64, None, 1, (Region(0, None),),
+        np.zeros((1, 3, 4, 4), np.float32), decoder="pyav",
+    )  # fmt: skip
+    outputs = EngineOutputs(fake_logit=np.array([0.0]), class_logits=np.array([[0.0, 1.0, 0.0]]))
+    judged = verdict(prepared, outputs, manifest(uncertain_band=BAND), CONFIG)
+    # Then it is an ok verdict labelled uncertain, keeping P(fake) and the class probabilities
+    assert (judged.status, judged.label) == ("ok", "uncertain")
+    assert judged.p_fake == pytest.approx(0.5) and set(judged.class_probs) == {"real", "synthetic", "tampered"}
 
 
 def test_masks_are_pngs_of_the_most_suspicious_regions_first() -> None:

@@ -17,9 +17,10 @@ from deepsift.engines.models import build_detector
 from deepsift.engines.recipes import load_recipe
 from deepsift.engines.store import EngineStore
 from deepsift.trainer.cli import main
-from deepsift.trainer.data import dataset_for
+from deepsift.trainer.data import ManifestRow, dataset_for, read_manifest, write_manifest
+from deepsift.trainer.gates import engine_p_fake, fake_labels
 from deepsift.trainer.loop import FitOptions, fit
-from deepsift.trainer.rebuild import engine_p_fake, fake_labels
+from deepsift.trainer.metrics import binary_metrics
 
 RECIPE = "demo-tiny"
 
@@ -31,8 +32,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from deepsift.trainer.synthetic import write_forgery_dataset
 
     data = write_forgery_dataset(
-        tmp_path_factory.mktemp("forgery"), scene_factory(), {"train": 360, "val": 160}, seed=3
-    )
+        tmp_path_factory.mktemp("forgery"), scene_factory(), {"train": 360, "val": 160, "test": 80}, seed=3
+    )  # the test split (never trained or calibrated on) stands in for reviewed media
     runs = tmp_path_factory.mktemp("runs")
     recipe = load_recipe(RECIPE)
     torch.manual_seed(0)
@@ -43,6 +44,31 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def rebuild(store: Path, runs: Path, *extra: str) -> int:
     return main(["--engine-store", str(store), "rebuild-engine", RECIPE, "--name", "det", "--runs", str(runs), *extra])
+
+
+def recorded_data(runs: Path) -> Path:
+    return Path(json.loads((runs / "first" / "summary.json").read_text())["data"])
+
+
+def rows_of(manifest: Path, split: str, shuffle_labels: bool = False) -> list[ManifestRow]:
+    """The split's rows with absolute paths, so they can be written into a manifest anywhere."""
+    rows = [r for r in read_manifest(manifest) if r.split == split]
+    labels = [r.label for r in rows]
+    if shuffle_labels:
+        labels = [str(label) for label in np.random.default_rng(0).permutation(labels)]
+
+    def absolute(path: str) -> str:
+        return path and str(manifest.parent / path)
+
+    return [
+        r.model_copy(update={"path": absolute(r.path), "mask_path": absolute(r.mask_path), "label": label})
+        for r, label in zip(rows, labels, strict=True)
+    ]
+
+
+def reviewed_manifest(runs: Path, folder: Path) -> Path:
+    """What `trainer export-reviews` writes: reviewed media with their moderators' labels, as the test split."""
+    return write_manifest(rows_of(recorded_data(runs), "test"), folder / "reviewed.csv")
 
 
 def add_untrained_run(runs: Path, name: str) -> Path:
@@ -107,3 +133,102 @@ def test_a_run_without_a_recorded_dataset_needs_data(trained: Path, tmp_path: Pa
     (runs / "first" / "summary.json").write_text("{}")
     assert rebuild(tmp_path / "engines", runs) == 1
     assert "--data" in capsys.readouterr().err
+
+
+def test_a_rebuild_with_an_uncertain_band_stores_it_around_the_threshold(trained: Path, tmp_path: Path):
+    # Given a finished run
+    store = EngineStore(tmp_path / "engines")
+
+    # When the engine is rebuilt with a band for 95 % precision
+    assert rebuild(store.root, trained, "--target-fpr", "0.05", "--uncertain-precision", "0.95") == 0
+
+    # Then the manifest holds the band around the threshold, and its claims hold on validation through the engine
+    engine = load_engine(store.resolve("det"))
+    manifest, band = engine.manifest, engine.manifest.uncertain_band
+    assert band is not None and band.target_precision == 0.95 and band.n == 160
+    assert band.low <= manifest.threshold <= band.high
+    val = dataset_for(recorded_data(trained), "val", load_recipe(RECIPE))
+    p_fake, fake = engine_p_fake(engine, val), fake_labels(val)
+    if (p_fake >= band.high).any():
+        assert fake[p_fake >= band.high].mean() >= 0.95
+    if (p_fake < band.low).any():
+        assert (fake[p_fake < band.low] == 0).mean() >= 0.95
+    inside = np.mean((p_fake >= band.low) & (p_fake < band.high))
+    assert manifest.evaluation["val_uncertain_share"] == pytest.approx(inside) == pytest.approx(band.share_uncertain)
+    assert (manifest.evaluation["band_low"], manifest.evaluation["band_high"]) == (band.low, band.high)
+
+
+def test_without_a_band_the_manifest_has_none(trained: Path, tmp_path: Path):
+    store = EngineStore(tmp_path / "engines")
+    assert rebuild(store.root, trained, "--no-promote") == 0
+    manifest = EngineManifest.read(store.resolve("det", 1))
+    assert manifest.uncertain_band is None and "band_low" not in manifest.evaluation
+
+
+def test_the_reviewed_gate_refuses_an_engine_worse_on_reviewed_media_even_if_validation_cannot_tell(
+    trained: Path, tmp_path: Path
+):
+    # Given the good engine current, reviewed media with their true labels, and a regressed (random-weights) run
+    store = EngineStore(tmp_path / "engines")
+    runs = tmp_path / "runs"
+    shutil.copytree(trained, runs)
+    reviewed = reviewed_manifest(runs, tmp_path)
+    assert rebuild(store.root, runs, "--run", str(runs / "first")) == 0
+    regressed = add_untrained_run(runs, "second")
+    # and a validation split whose labels carry no signal, on which neither engine is better
+    shuffled = write_manifest(rows_of(recorded_data(runs), "val", shuffle_labels=True), tmp_path / "val.csv")
+
+    # When the regressed run is rebuilt with a generous margin and the reviewed gate
+    refused = rebuild(store.root, runs, "--run", str(regressed), "--data", str(shuffled), "--reviewed", str(reviewed),
+                      "--max-metric-drop", "0.2")  # fmt: skip
+
+    # Then the validation gate passed, the reviewed gate refused, and v1 stays current
+    assert refused == 2 and store.current_version("det") == 1
+    evaluation = EngineManifest.read(store.resolve("det", 2)).evaluation
+    assert evaluation["gate"].startswith("refused by the reviewed gate: reviewed roc_auc")
+    assert "validation" not in evaluation["gate"] and evaluation["val_roc_auc"] < 0.7
+    assert evaluation["reviewed_n"] == 80 and evaluation["reviewed_split"] == "test"
+    assert evaluation["reviewed_roc_auc"] < reviewed_auc(store, reviewed) - 0.2
+
+
+def reviewed_auc(store: EngineStore, reviewed: Path) -> float:
+    """The current engine's ROC-AUC on the reviewed media, measured here."""
+    engine = load_engine(store.resolve("det"))
+    items = dataset_for(reviewed, "test", load_recipe(RECIPE))
+    return binary_metrics(fake_labels(items), engine_p_fake(engine, items), engine.manifest.threshold)["roc_auc"]
+
+
+def test_the_reviewed_gate_passes_an_engine_better_on_reviewed_media(trained: Path, tmp_path: Path):
+    # Given a regressed (random-weights) engine current
+    store = EngineStore(tmp_path / "engines")
+    runs = tmp_path / "runs"
+    shutil.copytree(trained, runs)
+    regressed = add_untrained_run(runs, "second")
+    assert rebuild(store.root, runs, "--run", str(regressed)) == 0
+
+    # When the good run is rebuilt with the reviewed gate
+    assert (
+        rebuild(store.root, runs, "--run", str(runs / "first"), "--reviewed", str(reviewed_manifest(runs, tmp_path)))
+        == 0
+    )
+
+    # Then both gates passed, and each engine's figure on the reviewed media is recorded
+    manifest = EngineManifest.read(store.resolve("det"))
+    assert manifest.version == 2
+    assert (
+        manifest.evaluation["gate"].startswith("validation roc_auc")
+        and "; reviewed roc_auc" in manifest.evaluation["gate"]
+    )
+    assert manifest.evaluation["reviewed_roc_auc"] >= 0.85 and manifest.evaluation["reviewed_n"] == 80
+
+
+def test_reviewed_media_without_the_split_or_a_band_target_out_of_range_fail_before_building(
+    trained: Path, tmp_path: Path, capsys
+):
+    store = EngineStore(tmp_path / "engines")
+    reviewed = reviewed_manifest(trained, tmp_path)
+    assert rebuild(store.root, trained, "--reviewed", str(reviewed), "--reviewed-split", "val") == 1
+    assert "reviewed items" in capsys.readouterr().err
+    assert rebuild(store.root, trained, "--uncertain-precision", "1.5") == 1
+    assert "--uncertain-precision" in capsys.readouterr().err
+    assert store.versions("det") == []
