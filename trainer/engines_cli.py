@@ -1,14 +1,17 @@
-"""``trainer engines``: list, inspect, promote and roll back the engines in the store (``--engine-store``)."""
+"""``trainer engines``: list, inspect, promote and roll back the engines in the store (``--engine-store``), and
+compare two versions' verdicts in the verdict store (``--db``); ``promote --require-*`` checks the store first."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from datetime import UTC
 from typing import TYPE_CHECKING
 
 from deepsift.engines.errors import EngineError
+from deepsift.trainer.verdictdb import DB_HELP, database_url
 
 if TYPE_CHECKING:
     from deepsift.engines.store import EngineStore
@@ -95,12 +98,38 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from deepsift.trainer.compare import Requirements, check_requirements
+
     store = _store(args)
-    _require_engine(store, args.name)
+    versions = _require_engine(store, args.name)
     previous = store.current_version(args.name)
-    store.promote(args.name, args.version, reason=args.reason)
+    reason = args.reason
+    wanted = Requirements(args.require_shadow_verdicts, args.require_agreement, args.require_reviewed_auc)
+    if wanted:
+        if args.version not in versions:  # before the database is read
+            raise EngineError(f"engine {args.name} has no version {args.version} in {store.root}")
+        unmet, met = check_requirements(database_url(args.db), args.name, args.version, previous, wanted)
+        if unmet:
+            print(f"engine {args.name} v{args.version:04d} NOT promoted: {'; '.join(unmet)}", file=sys.stderr)
+            return 2
+        reason = "; ".join(filter(None, [reason, f"requirements met: {', '.join(met)}"]))
+    store.promote(args.name, args.version, reason=reason)
     was = f"v{previous:04d}" if previous is not None else "none"
     print(f"engine {args.name}: current is v{args.version:04d} (was {was})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from deepsift.trainer.compare import compare, format_comparison, read_pairs
+
+    pairs = read_pairs(database_url(args.db), args.name, args.a, args.b)
+    if not pairs:
+        raise EngineError(f"no job has verdicts of both {args.name} v{args.a:04d} and v{args.b:04d} in the store")
+    figures = compare(pairs)
+    if args.json:
+        print(json.dumps({"name": args.name, "a": args.a, "b": args.b, **figures}, indent=2))
+    else:
+        print("\n".join(format_comparison(figures, args.name, args.a, args.b)))
     return 0
 
 
@@ -114,7 +143,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def add_engines_commands(commands: argparse._SubParsersAction) -> None:
-    """Add ``engines list|show|promote|rollback`` to the ``trainer`` command."""
+    """Add ``engines list|show|promote|compare|rollback`` to the ``trainer`` command."""
     engines = commands.add_parser("engines", help="list, inspect, promote and roll back stored engines")
     sub = engines.add_subparsers(dest="engines_command", required=True)
 
@@ -131,7 +160,23 @@ def add_engines_commands(commands: argparse._SubParsersAction) -> None:
     promote.add_argument("name", help="engine name in the store")
     promote.add_argument("version", type=_version, help="e.g. 3 or v0003")
     promote.add_argument("--reason", help="recorded in the promotion history")
+    promote.add_argument("--db", help=DB_HELP + "; read only with a --require-* option")
+    promote.add_argument("--require-shadow-verdicts", type=int, metavar="N",
+                         help="refuse unless the version has at least N shadow verdicts in the store")  # fmt: skip
+    promote.add_argument("--require-agreement", type=float, metavar="X",
+                         help="refuse unless its real/fake decisions agree with the current version's on a share "
+                         ">= X of the jobs both decided")  # fmt: skip
+    promote.add_argument("--require-reviewed-auc", type=float, metavar="Y",
+                         help="refuse unless its ROC-AUC on reviewed jobs (newest review) is >= Y")  # fmt: skip
     promote.set_defaults(handler=cmd_promote)
+
+    compare = sub.add_parser("compare", help="two versions on the same jobs: agreement, flips, P(fake) shift, reviews")
+    compare.add_argument("name", help="engine name (as in verdicts.engine_name)")
+    compare.add_argument("a", type=_version, help="the version compared against, e.g. the serving one")
+    compare.add_argument("b", type=_version, help="the other version, e.g. a shadow")
+    compare.add_argument("--db", help=DB_HELP)
+    compare.add_argument("--json", action="store_true", help="print the figures as JSON")
+    compare.set_defaults(handler=cmd_compare)
 
     rollback = sub.add_parser("rollback", help="make the version current before the present one current again")
     rollback.add_argument("name", help="engine name in the store")
