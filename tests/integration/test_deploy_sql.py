@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from sqlalchemy import text
 
 from deepsift.daemon.records import EngineIdentity
 from deepsift.daemon.repository import VerdictRepository
+from deepsift.daemon.reviews import Reviews
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +64,13 @@ def _documented_verdicts(db_engine, make_verdict, engine_manifest) -> None:
         saved.append(repository.save(make_verdict(engine=engine, media_uri=clip, **overrides)).id)
     engine = EngineIdentity("siglip2-b16", 1, "ab" * 32)
     repository.save(make_verdict(engine=engine, media_uri="file:///srv/uploads/again.mp4", reused_from=saved[0]))
+    # A fake a shadow engine calls real and a reviewer says is real; an uncertain verdict waiting for review
+    fake = make_verdict(engine=engine, media_uri="file:///srv/uploads/reviewed.mp4")
+    reviewed = repository.save(fake)
+    shadow = EngineIdentity("siglip2-b16", 3, "ef" * 32)
+    repository.save(replace(fake, engine=shadow, role="shadow", label="real", p_fake=0.25))
+    Reviews(repository).add(reviewed.id, "real", "analyst")
+    repository.save(make_verdict(engine=engine, media_uri="file:///srv/uploads/unsure.mp4", label="uncertain"))
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
