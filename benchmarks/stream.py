@@ -270,14 +270,15 @@ def run_scenario(
     args: argparse.Namespace, env: dict, files: list[Path], kind: str, processes: int, extra: dict | None = None
 ) -> tuple[Result, list[str]]:
     scenario = Scenario(env["bootstrap"], env["db_url"], env["store"], env["media"], processes, env["logs"], extra)
+    run = uuid.uuid4().hex[:6]  # job ids of this run's own: the database is shared by every run
     try:
         scenario.wait_ready()
-        warm = scenario.send(files[:PARTITIONS], f"warm-{kind}-{processes}")  # face detector and caches warm
+        warm = scenario.send(files[:PARTITIONS], f"warm-{kind}-{processes}-{run}")  # face detector and caches warm
         scenario.collect(list(warm), 600)
         jobs = [files[i % len(files)] for i in range(args.images if kind == "image" else args.videos)]
-        burst = scenario.send(jobs, f"burst-{kind}-{processes}")
+        burst = scenario.send(jobs, f"burst-{kind}-{processes}-{run}")
         b = measure(burst, scenario.collect(list(burst), 1800))
-        paced = scenario.send(jobs, f"paced-{kind}-{processes}", interval_s=2.0 / b.jobs_per_s)
+        paced = scenario.send(jobs, f"paced-{kind}-{processes}-{run}", interval_s=2.0 / b.jobs_per_s)
         p = measure(paced, scenario.collect(list(paced), 1800))
     finally:
         scenario.close()
