@@ -106,6 +106,8 @@ class Verdict(Base):
     content_credentials: Mapped[dict[str, Any] | None] = mapped_column(json_document())  # C2PA summary (0004)
     judged_with: Mapped[str | None] = mapped_column(String(64))  # sha256 of the judge settings (0004)
     role: Mapped[str] = mapped_column(String(16), server_default="serving")  # serving | shadow (0005)
+    decisive_track_id: Mapped[int | None] = mapped_column(Integer)  # the track that decided P(fake) (0006)
+    decision: Mapped[str | None] = mapped_column(Text)  # how: max_of_covered_tracks | coverage_weighted_fallback
 
     frames: Mapped[list[VerdictFrame]] = relationship(order_by="VerdictFrame.id")
     tracks: Mapped[list[VerdictTrack]] = relationship(order_by="VerdictTrack.id")

@@ -109,6 +109,8 @@ class VerdictRecord:
     judged_with: str | None = None  # JudgeConfig.fingerprint: the settings it was judged under (reuse matches it)
     content_credentials: dict[str, Any] | None = None  # the C2PA manifest's summary (engines.provenance)
     role: str = "serving"  # "shadow": a shadow engine's verdict of the job, never announced (VERDICT_ROLES)
+    decisive_track_id: int | None = None  # the track that decided P(fake) (engines.aggregate.MediaScore)
+    decision: str | None = None  # how it was chosen: engines.aggregate.DECISIONS, e.g. "max_of_covered_tracks"
     frames: tuple[FrameScoreRecord, ...] = ()
     tracks: tuple[TrackSummaryRecord, ...] = ()
     masks: tuple[MaskRecord, ...] = ()

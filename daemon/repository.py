@@ -80,6 +80,8 @@ _PLAIN_FIELDS = (
     "content_credentials",
     "judged_with",
     "role",
+    "decisive_track_id",
+    "decision",
 )
 
 

@@ -1,8 +1,18 @@
 """Frame and face scores → per-track and per-video P(fake), by a selectable rule.
 
-A rule reduces a list of probabilities to one. Each face track is reduced by the rule; the video takes
-the most suspicious track among those seen in enough frames (one fake face makes a fake video, a
-one-frame spurious detection does not). In full-frame mode the whole video is a single track.
+A rule reduces a list of probabilities to one. Each face track is reduced by the rule; then the media's score is
+decided (``aggregate``), and the verdict says how (``MediaScore.decision``):
+
+- ``max_of_covered_tracks``: the most suspicious track among the *covered* ones, those seen in at least
+  ``max(ceil(min_track_fraction · n), min(2, n))`` of the n frames that have regions. One fake face makes a fake
+  video; a detection seen once never decides a video with faces in more than one frame.
+- ``coverage_weighted_fallback``: when no track is covered (tracks fragmented, or every face seen once or twice),
+  the mean of the track scores weighted by each track's evidence: the sum, over its regions, of the detector's
+  confidence times ``min(1, sqrt(box area fraction) / SMALL_FACE_SIDE)`` (1 where unknown). A one-frame detection
+  then weighs one region's worth against the many of the faces that fill the video; the decisive track is the one
+  that weighs most.
+
+In full-frame mode the whole video is a single track.
 """
 
 from __future__ import annotations
@@ -74,11 +84,28 @@ class AggregationRule:
         return RULES.get(self.name)(np.asarray(scores, dtype=np.float64), self.param)
 
 
+MAX_OF_COVERED = "max_of_covered_tracks"
+COVERAGE_WEIGHTED = "coverage_weighted_fallback"
+DECISIONS = (MAX_OF_COVERED, COVERAGE_WEIGHTED)
+# A face box whose side (square root of its share of the frame's area) is under this counts less in the fallback,
+# in proportion: detectors misfire most on small patches, and small faces give the engine fewest pixels to judge.
+SMALL_FACE_SIDE = 0.05
+
+
 @dataclass(frozen=True)
 class ScoredItem:
     frame_index: int
     p_fake: float
     track_id: int | None = None
+    confidence: float | None = None  # the face detector's confidence in the region's face
+    area_fraction: float | None = None  # the face box's area over the frame's
+
+    @property
+    def weight(self) -> float:
+        """The region's evidence in the fallback: detector confidence times a small-face discount."""
+        confidence = 1.0 if self.confidence is None else self.confidence
+        side = 1.0 if self.area_fraction is None else math.sqrt(max(self.area_fraction, 0.0))
+        return max(confidence * min(1.0, side / SMALL_FACE_SIDE), 1e-6)
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,8 @@ class TrackScore:
     n_frames: int
     first_frame: int
     last_frame: int
+    coverage: float = 1.0  # frames it is seen in over the frames that have regions
+    weight: float = 1.0  # the sum of its regions' ``ScoredItem.weight``
 
 
 @dataclass(frozen=True)
@@ -95,26 +124,40 @@ class MediaScore:
     p_fake: float
     tracks: tuple[TrackScore, ...]
     decisive_track: int
+    decision: str = MAX_OF_COVERED  # one of ``DECISIONS``: how the decisive track was chosen
 
 
 def aggregate(items: Sequence[ScoredItem], rule: AggregationRule, min_track_fraction: float = 0.1) -> MediaScore:
-    """Reduce scored frames/faces to tracks, then to the media: the highest track among well-observed ones."""
+    """Reduce scored frames/faces to tracks, then to the media, by the decision in the module docstring."""
     if not items:
         raise ValueError("nothing to aggregate")
+    tracks = _track_scores(items, rule)
+    n_frames = len({i.frame_index for i in items})
+    needed = max(math.ceil(min_track_fraction * n_frames), min(2, n_frames))
+    covered = [t for t in tracks if t.n_frames >= needed]
+    if covered:
+        decisive = max(covered, key=lambda t: (t.p_fake, t.n_frames, -t.track_id))
+        return MediaScore(decisive.p_fake, tracks, decisive.track_id, MAX_OF_COVERED)
+    total = sum(t.weight for t in tracks)
+    p_fake = sum(t.weight * t.p_fake for t in tracks) / total
+    heaviest = max(tracks, key=lambda t: (t.weight, t.p_fake, -t.track_id))
+    return MediaScore(p_fake, tracks, heaviest.track_id, COVERAGE_WEIGHTED)
+
+
+def _track_scores(items: Sequence[ScoredItem], rule: AggregationRule) -> tuple[TrackScore, ...]:
     by_track: dict[int, list[ScoredItem]] = {}
     for item in items:
         by_track.setdefault(item.track_id if item.track_id is not None else 0, []).append(item)
-    tracks = tuple(
+    n_frames = len({i.frame_index for i in items})
+    return tuple(
         TrackScore(
             track_id=tid,
             p_fake=rule.reduce([i.p_fake for i in group]),
             n_frames=len({i.frame_index for i in group}),
             first_frame=min(i.frame_index for i in group),
             last_frame=max(i.frame_index for i in group),
+            coverage=len({i.frame_index for i in group}) / n_frames,
+            weight=sum(i.weight for i in group),
         )
         for tid, group in sorted(by_track.items())
     )
-    n_frames = len({i.frame_index for i in items})
-    enough = [t for t in tracks if t.n_frames >= max(1, math.ceil(min_track_fraction * n_frames))] or list(tracks)
-    decisive = max(enough, key=lambda t: t.p_fake)
-    return MediaScore(p_fake=decisive.p_fake, tracks=tracks, decisive_track=decisive.track_id)

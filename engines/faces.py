@@ -1,4 +1,4 @@
-"""Faces in sampled frames: MTCNN detection, IoU tracking across frames, and square crops.
+"""Faces in sampled frames: MTCNN detection, tracks across frames (``engines.tracking``), and square crops.
 
 The trainer's preparation and the daemon both crop faces through this module, as the SD²
 preprocessing does, so a detector sees faces framed the same way in training and in service.
@@ -18,13 +18,15 @@ empty and it would fail), and the daemon answers such media ``too_small``.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from deepsift.engines.budgets import MAX_DETECT_BATCH_PIXELS, MediaBudget, detection_size
+from deepsift.engines.tracking import assign_tracks, unit_look
 
 if TYPE_CHECKING:
     import torch
@@ -33,11 +35,13 @@ if TYPE_CHECKING:
 
     RGBImage = np.ndarray | torch.Tensor  # H×W×3 uint8 RGB, in host memory or on a device
 
-# A track survives this many consecutive sampled frames without a matching face (a blink of the
-# detector, a turned head) before a face at the same place starts a new track.
-MAX_TRACK_GAP = 2
+APPEARANCE_SIDE = 16  # a face's appearance for tracking: its box averaged down to 16×16 colour cells
 DETECT_MAX_SIDE = MediaBudget().detect_max_side  # the daemon's default (setting ``detect_max_side``)
 MIN_FACE_SIZE = 20  # MTCNN's smallest face, in detection pixels (SD² and facenet-pytorch's default)
+# MTCNN's passes are hundreds of small ops per frame (a crop and resize per candidate box) that torch's intra-op
+# threads barely speed up, while their spin-waits cost a busy CPU dearly: on 2 cores shared with decoding and the
+# engine, 2 threads took 3× the CPU time of 1 per frame. The daemon detects in parallel on its prepare workers.
+MTCNN_THREADS = 1
 # Faces kept per frame, the most confident: bounds a crowd's crops and engine input (32 frames × 16 faces of a
 # 224 px contract are 300 MB of float32 pixels).
 MAX_FACES_PER_FRAME = 16
@@ -94,9 +98,16 @@ class MtcnnFaceDetector:
     max_batch = 16  # frames per forward pass
     max_batch_pixels = MAX_DETECT_BATCH_PIXELS  # and pixels per pass: MTCNN holds ~50 bytes per pixel on CPU
 
-    def __init__(self, min_confidence: float = 0.9, device: str = "cpu", min_face_size: int = MIN_FACE_SIZE) -> None:
+    def __init__(
+        self,
+        min_confidence: float = 0.9,
+        device: str = "cpu",
+        min_face_size: int = MIN_FACE_SIZE,
+        threads: int | None = MTCNN_THREADS,
+    ) -> None:
         self.min_confidence = min_confidence
         self.min_face_size = min_face_size
+        self.threads = threads  # torch intra-op threads of the calling thread while it detects; None: leave as is
         self._mtcnn = _build_mtcnn(device, min_face_size)
 
     def detect(self, frames: Sequence[RGBImage]) -> list[list[FaceBox]]:
@@ -113,7 +124,8 @@ class MtcnnFaceDetector:
             per_pass = max(1, min(self.max_batch, self.max_batch_pixels // (height * width)))
             for start in range(0, len(indices), per_pass):
                 chunk = indices[start : start + per_pass]
-                boxes, probs = self._mtcnn.detect(_stack([frames[i] for i in chunk]))
+                with _torch_threads(self.threads):
+                    boxes, probs = self._mtcnn.detect(_stack([frames[i] for i in chunk]))
                 for i, frame_boxes, frame_probs in zip(chunk, boxes, probs, strict=True):
                     found[i] = self._kept(frame_boxes, frame_probs)
         return found
@@ -124,6 +136,23 @@ class MtcnnFaceDetector:
             return []
         faces = [FaceBox(*(float(v) for v in box), confidence=float(p)) for box, p in zip(boxes, probs, strict=True)]
         return sorted((f for f in faces if f.confidence > self.min_confidence), key=lambda f: -f.confidence)
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads in the calling thread, then restore its count.
+
+    torch keeps the count per thread (OpenMP's) once a thread has run an op; other threads keep theirs."""
+    torch = sys.modules.get("torch")  # loaded by _build_mtcnn
+    before = torch.get_num_threads() if torch is not None else threads
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _build_mtcnn(device: str, min_face_size: int) -> Any:
@@ -137,7 +166,16 @@ def _build_mtcnn(device: str, min_face_size: int) -> Any:
         select_largest=False,
         device=device,
     )
+    if device == "cpu":  # torch's CPU convolutions and poolings on these few channels: 2.4× faster channels-last
+        for net in (mtcnn.pnet, mtcnn.rnet, mtcnn.onet):
+            net.register_forward_pre_hook(_channels_last)
     return mtcnn.eval()
+
+
+def _channels_last(net: Any, inputs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An MTCNN net's input batch laid out channels-last (facenet-pytorch stacks its candidate crops NCHW)."""
+    torch = sys.modules["torch"]
+    return (inputs[0].contiguous(memory_format=torch.channels_last), *inputs[1:])
 
 
 def _indices_by_shape(frames: Sequence[RGBImage]) -> dict[tuple[object, ...], list[int]]:
@@ -186,50 +224,35 @@ def iou(a: FaceBox, b: FaceBox) -> float:
     return inter / (a.width * a.height + b.width * b.height - inter)
 
 
-@dataclass
-class _Track:
-    track_id: int
-    box: FaceBox
-    missed: int = 0
+def appearance(rgb: RGBImage, box: FaceBox) -> np.ndarray | None:
+    """What the face looks like, for tracking (``engines.tracking``): the pixels inside its box averaged down to
+    ``APPEARANCE_SIDE``² colour cells, less their mean, at unit length. The cells are torch's
+    ``adaptive_avg_pool2d`` cells on either side, pooled on a tensor's device (768 floats then cross to the host).
+    None when the box holds too few of the frame's pixels or they are flat."""
+    height, width = rgb.shape[:2]
+    x0, y0 = max(0, round(box.x0)), max(0, round(box.y0))
+    x1, y1 = min(width, round(box.x1)), min(height, round(box.y1))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return None
+    face = rgb[y0:y1, x0:x1]
+    if _is_tensor(face):
+        import torch.nn.functional as F
+
+        cells = F.adaptive_avg_pool2d(face.permute(2, 0, 1)[None].float(), APPEARANCE_SIDE)[0].permute(1, 2, 0)
+        return unit_look(cells.cpu().numpy())
+    return unit_look(_pooled(np.asarray(face, np.float64), APPEARANCE_SIDE))
 
 
-def assign_tracks(boxes_per_frame: Sequence[Sequence[FaceBox]], iou_threshold: float = 0.3) -> list[list[int]]:
-    """A track id for every box: greedy IoU matching of each frame's faces to the live tracks.
-
-    Pairs are matched best IoU first (IoU >= ``iou_threshold``); an unmatched face starts a new
-    track; a track unmatched for more than ``MAX_TRACK_GAP`` consecutive frames ends.
-    """
-    live: list[_Track] = []
-    next_id = 0
-    ids_per_frame: list[list[int]] = []
-    for boxes in boxes_per_frame:
-        matches = _greedy_matches(live, boxes, iou_threshold)
-        ids = []
-        for b, box in enumerate(boxes):
-            track = matches.get(b)
-            if track is None:
-                track, next_id = _Track(next_id, box), next_id + 1
-                live.append(track)
-            track.box = box
-            ids.append(track.track_id)
-        for track in live:
-            track.missed = 0 if track.track_id in ids else track.missed + 1
-        live = [track for track in live if track.missed <= MAX_TRACK_GAP]
-        ids_per_frame.append(ids)
-    return ids_per_frame
-
-
-def _greedy_matches(tracks: list[_Track], boxes: Sequence[FaceBox], iou_threshold: float) -> dict[int, _Track]:
-    """Box position -> track, taking the highest-IoU pairs first, each track and box at most once."""
-    pairs = [(iou(t.box, box), ti, bi) for ti, t in enumerate(tracks) for bi, box in enumerate(boxes)]
-    pairs = sorted((p for p in pairs if p[0] >= iou_threshold), reverse=True)
-    matches: dict[int, _Track] = {}
-    used_tracks: set[int] = set()
-    for _, ti, bi in pairs:
-        if ti not in used_tracks and bi not in matches:
-            matches[bi] = tracks[ti]
-            used_tracks.add(ti)
-    return matches
+def _pooled(pixels: np.ndarray, side: int) -> np.ndarray:
+    """Means over ``side``² cells, the cells of torch's adaptive average pooling, from an integral image."""
+    height, width = pixels.shape[:2]
+    integral = np.zeros((height + 1, width + 1, pixels.shape[2]))
+    integral[1:, 1:] = pixels.cumsum(axis=0).cumsum(axis=1)
+    i = np.arange(side)
+    r0, r1 = (i * height) // side, -(-(i + 1) * height // side)
+    c0, c1 = (i * width) // side, -(-(i + 1) * width // side)
+    sums = integral[r1][:, c1] - integral[r0][:, c1] - integral[r1][:, c0] + integral[r0][:, c0]
+    return sums / ((r1 - r0)[:, None] * (c1 - c0)[None, :])[..., None]
 
 
 def min_face_size(detector: FaceDetector) -> int:
@@ -266,16 +289,20 @@ def _most_confident(boxes: list[FaceBox]) -> list[FaceBox]:
 
 
 def _resized(rgb: RGBImage, width: int, height: int) -> RGBImage:
-    """A smaller copy for detection, antialiased: by Pillow for host arrays, by torch on the tensor's device."""
-    if _is_tensor(rgb):
-        import torch.nn.functional as F
+    """A smaller copy for detection, antialiased bilinear, by torch: on the tensor's device, and for host arrays on
+    their uint8 pixels as they lie (the same pixels as Pillow's ``resize``, 4× faster than it at 1080p)."""
+    import torch
+    import torch.nn.functional as F
 
-        chw = rgb.permute(2, 0, 1)[None].float()
+    if not _is_tensor(rgb):
+        host = np.ascontiguousarray(rgb)
+        host = host if host.flags.writeable else host.copy()  # torch.from_numpy warns of read-only arrays
+        chw = torch.from_numpy(host).permute(2, 0, 1)[None]  # channels-last uint8: torch's fast path
         small = F.interpolate(chw, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-        return small[0].permute(1, 2, 0).round_().clamp_(0, 255).to(rgb.dtype).contiguous()
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
+        return np.ascontiguousarray(small[0].permute(1, 2, 0).numpy())
+    chw = rgb.permute(2, 0, 1)[None].float()
+    small = F.interpolate(chw, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return small[0].permute(1, 2, 0).round_().clamp_(0, 255).to(rgb.dtype).contiguous()
 
 
 def scale_box(box: FaceBox, sx: float, sy: float) -> FaceBox:
@@ -288,10 +315,13 @@ def scale_box(box: FaceBox, sx: float, sy: float) -> FaceBox:
 def crop_faces(
     frames: Sequence[SampledFrame], detector: FaceDetector, margin: float, max_side: int = DETECT_MAX_SIDE
 ) -> list[FaceCrop]:
-    """Detect faces in every sampled frame (on copies at most ``max_side`` long), link them into tracks, and cut a
-    square crop of each from the frame itself."""
+    """Detect faces in every sampled frame (on copies at most ``max_side`` long), link them into tracks by where they
+    head and how they look (``engines.tracking``, over the frames' timestamps), and cut a square crop of each from
+    the frame itself."""
     boxes_per_frame = detect_faces(detector, [frame.rgb for frame in frames], max_side)
-    tracks = assign_tracks(boxes_per_frame)
+    looks = [[appearance(f.rgb, box) for box in boxes] for f, boxes in zip(frames, boxes_per_frame, strict=True)]
+    times = [frame.pts_s for frame in frames]
+    tracks = assign_tracks(boxes_per_frame, None if None in times else times, looks)  # type: ignore[arg-type]
     return [
         FaceCrop(frame.index, face_index, track_id, box, square_crop(frame.rgb, box, margin))
         for frame, boxes, track_ids in zip(frames, boxes_per_frame, tracks, strict=True)

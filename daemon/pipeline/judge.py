@@ -78,7 +78,7 @@ def _common(prepared: PreparedMedia, manifest: EngineManifest, config: JudgeConf
 _REUSED_FIELDS = (
     "status", "label", "p_fake", "class_probs", "threshold", "code", "detail", "aggregation", "frames_requested",
     "frames_sampled", "media_type", "container", "codec", "width", "height", "fps", "duration_s", "size_bytes",
-    "content_credentials", "judged_with",
+    "content_credentials", "judged_with", "decisive_track_id", "decision",
 )  # fmt: skip
 
 
@@ -112,7 +112,18 @@ def _scored(
     regions = prepared.regions
     per_region = region_scores(scores, manifest) if isinstance(scores, EngineOutputs) else RegionScores(scores)
     p = per_region.p_fake
-    items = [ScoredItem(r.frame_index, float(p_r), r.track_id) for r, p_r in zip(regions, p, strict=True)]
+    facts = prepared.facts
+    frame_area = facts.width * facts.height if facts is not None else 0  # region boxes are in the media's pixels
+    items = [
+        ScoredItem(
+            r.frame_index,
+            float(p_r),
+            r.track_id,
+            confidence=r.box.confidence if r.box else None,
+            area_fraction=r.box.width * r.box.height / frame_area if r.box and frame_area > 0 else None,
+        )
+        for r, p_r in zip(regions, p, strict=True)
+    ]
     media = aggregate(items, config.rule, config.min_track_fraction)
     track_ids = [r.track_id for r in regions]
     class_probs = media_class_probs(per_region, manifest, track_ids, media.decisive_track, media.p_fake)
@@ -142,5 +153,7 @@ def _scored(
         frames=frames,
         tracks=tracks,
         masks=masks,
+        decisive_track_id=media.decisive_track,
+        decision=media.decision,
         **common,
     )

@@ -108,6 +108,11 @@ class UploadSignals:
     trust_anchors: str | None = field(default=None, repr=False)  # PEM roots for a "valid" credentials state
 
 
+# Bumped when face tracking or the deciding-track rule changes what a verdict of the same bytes would be, so
+# re-uploads are not answered from verdicts made under the old rule (2: motion/appearance tracks, covered tracks).
+TRACKING_VERSION = 2
+
+
 @dataclass(frozen=True)
 class JudgeConfig:
     frames_per_video: int
@@ -137,6 +142,7 @@ class JudgeConfig:
             "budget": asdict(self.budget),
             "credentials": self.signals.credentials,
             "trust_anchors": None if anchors is None else hashlib.sha256(anchors.encode()).hexdigest(),
+            "tracking": TRACKING_VERSION,
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 

@@ -337,6 +337,69 @@ def test_downgrading_0005_is_refused_while_shadow_verdicts_are_stored(
         VerdictRepository(engine).save(make_verdict(role="shadow"))
     finally:
         engine.dispose()
+    # (from 0005 itself: SQLite commits each DDL statement, so a refusal met on the way down from a later head
+    # would leave the database at 0005 there and at head on PostgreSQL)
+    downgrade_database(empty_database_url, "0005")
     with pytest.raises(RuntimeError, match="1 shadow verdicts are stored"):
         downgrade_database(empty_database_url, "0004")
-    assert current_revision(empty_database_url) == head_revision(empty_database_url)
+    assert current_revision(empty_database_url) == "0005"
+
+
+def test_0006_adds_the_decisive_track_to_a_populated_0005_database(
+    empty_database_url: str, make_verdict: Callable[..., VerdictRecord]
+) -> None:
+    # Given a database at 0005 holding a verdict with a review, so it is in latest_verdicts and out of the queue
+    upgrade_database(empty_database_url, "0005")
+    engine = make_database(empty_database_url)
+    try:
+        old = insert_old_verdict(engine, "job-at-0005")
+        with engine.begin() as connection:
+            connection.execute(
+                text("INSERT INTO reviews (verdict_id, job_id, label, reviewer) VALUES (:id, :job, 'fake', 'ann')"),
+                {"id": old, "job": "job-at-0005"},
+            )
+        # When it is upgraded to head
+        upgrade_database(empty_database_url)
+        # Then the old verdict reads back with no decisive track, through both views too, its review kept
+        repository = VerdictRepository(engine)
+        assert (repository.get(old).decisive_track_id, repository.get(old).decision) == (None, None)
+        with engine.connect() as connection:
+            row = connection.execute(
+                text("SELECT decisive_track_id, decision, final_label FROM latest_verdicts WHERE id = :id"), {"id": old}
+            ).one()
+            connection.execute(text("SELECT * FROM review_queue")).all()
+        assert tuple(row) == (None, None, "fake")
+        assert schema_objects(empty_database_url)[1] == HEAD_VIEWS
+        # And a new verdict keeps which track decided and why
+        saved = repository.save(make_verdict(job_id="new", decisive_track_id=7, decision="max_of_covered_tracks"))
+        record = repository.get(saved.id)
+        assert (record.decisive_track_id, record.decision) == (7, "max_of_covered_tracks")
+    finally:
+        engine.dispose()
+
+
+def test_downgrading_0006_removes_the_decisive_track_and_keeps_verdicts_and_views(
+    empty_database_url: str, make_verdict: Callable[..., VerdictRecord]
+) -> None:
+    # Given a database at head with a verdict that names its decisive track
+    upgrade_database(empty_database_url)
+    engine = make_database(empty_database_url)
+    try:
+        saved = VerdictRepository(engine).save(make_verdict(decisive_track_id=3, decision="coverage_weighted_fallback"))
+        engine.dispose()
+        # When downgraded to 0005
+        downgrade_database(empty_database_url, "0005")
+        # Then the columns are gone, the verdict is still there, through latest_verdicts, and the queue still works
+        assert current_revision(empty_database_url) == "0005"
+        assert schema_objects(empty_database_url)[1] == HEAD_VIEWS
+        columns = {c["name"] for c in inspect(engine).get_columns("verdicts")}
+        assert not columns & {"decisive_track_id", "decision"}
+        with engine.connect() as connection:
+            found = connection.execute(text("SELECT id FROM latest_verdicts WHERE id = :id"), {"id": saved.id})
+            assert found.scalar_one() == saved.id
+            connection.execute(text("SELECT * FROM review_queue")).all()
+        # and upgrading again reads it back without them
+        upgrade_database(empty_database_url)
+        assert VerdictRepository(engine).get(saved.id).decision is None
+    finally:
+        engine.dispose()

@@ -259,3 +259,31 @@ def test_the_judge_fingerprint_follows_what_a_verdict_depends_on():
     assert config.fingerprint == replace(config, decoder="pyav").fingerprint
     for changed in ({"frames_per_video": 9}, {"min_track_fraction": 0.5}, {"masks": True}):
         assert replace(config, **changed).fingerprint != config.fingerprint
+
+
+def test_the_verdict_names_the_track_that_decided_and_how_and_a_re_upload_repeats_it(engine):
+    from deepsift.daemon.pipeline.records import PreparedMedia, Region, ReusedVerdict
+    from deepsift.engines.faces import FaceBox
+    from deepsift.engines.media import MediaFacts
+
+    # Given a face scored real in all 8 sampled frames of a 640x360 video, and a small stray detection scored fake
+    face, stray = FaceBox(100, 100, 200, 220, 0.999), FaceBox(10, 10, 30, 34, 0.96)
+    regions = (*(Region(k, k / 4, 0, 0, face) for k in range(8)), Region(3, 0.75, 1, 1, stray))
+    facts = MediaFacts("video", "mp4", "h264", 640, 360, 4.0, 2.0, 8, 1000)
+    prepared = PreparedMedia(MediaJob("j", "file:///j.mp4"), "a" * 64, facts, frames_sampled=8, regions=regions)
+    scores = np.array([0.1] * 8 + [0.99])
+    # When judged, Then the face's covered track decides, and the verdict says so
+    record = verdict(prepared, scores, engine.manifest, CONFIG)
+    assert (record.p_fake, record.decisive_track_id, record.decision) == (
+        pytest.approx(0.1), 0, "max_of_covered_tracks"
+    )  # fmt: skip
+    # And with every face its own track, the fallback weighs the stray by its confidence and its size in the frame
+    split = tuple(replace(r, track_id=i) for i, r in enumerate(regions))
+    fallback = verdict(replace(prepared, regions=split), scores, engine.manifest, CONFIG)
+    face_weight, stray_weight = 0.999, 0.96 * np.sqrt(20 * 24 / (640 * 360)) / 0.05
+    expected = (8 * face_weight * 0.1 + stray_weight * 0.99) / (8 * face_weight + stray_weight)
+    assert (fallback.p_fake, fallback.decision) == (pytest.approx(expected), "coverage_weighted_fallback")
+    # And an exact re-upload's verdict repeats which track decided and how
+    again = replace(prepared, job=MediaJob("k", "file:///k.mp4"), reused=ReusedVerdict(41, record))
+    reused = verdict(again, None, engine.manifest, CONFIG)
+    assert (reused.reused_from, reused.decisive_track_id, reused.decision) == (41, 0, "max_of_covered_tracks")

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import pytest
 
-from deepsift.engines.aggregate import RULES, AggregationRule, ScoredItem, aggregate
+from deepsift.engines.aggregate import (
+    COVERAGE_WEIGHTED,
+    MAX_OF_COVERED,
+    RULES,
+    SMALL_FACE_SIDE,
+    AggregationRule,
+    ScoredItem,
+    aggregate,
+)
 
 SCORES = [0.1, 0.9, 0.3, 0.7, 0.5]  # sorted: 0.1 0.3 0.5 0.7 0.9
 
@@ -65,7 +75,7 @@ def test_one_fake_track_among_real_ones_makes_the_media_fake() -> None:
     media = aggregate(scored, AggregationRule.parse("mean"))
 
     # Then the fake track decides: the media score is that track's score, not the average over faces
-    assert media.decisive_track == 2
+    assert (media.decisive_track, media.decision) == (2, MAX_OF_COVERED)
     assert media.p_fake == pytest.approx(0.9)
     assert [(t.track_id, t.n_frames) for t in media.tracks] == [(1, 10), (2, 10), (3, 10)]
     assert [t.p_fake for t in media.tracks] == pytest.approx([0.1, 0.9, 0.2])
@@ -84,18 +94,71 @@ def test_a_one_frame_spurious_track_cannot_decide() -> None:
     assert (spurious.n_frames, spurious.first_frame, spurious.last_frame) == (1, 5, 5)
 
 
-def test_without_a_minimum_fraction_the_spurious_track_decides() -> None:
-    # The control for the test above: the same input with min_track_fraction 0 is decided by the one-frame track
-    scored = items(1, [0.2] * 20) + items(7, [0.99], first_frame=5)
+def test_without_a_minimum_fraction_a_track_seen_twice_decides() -> None:
+    # The control for the test above: with min_track_fraction 0, a track seen in two frames is covered and decides
+    scored = items(1, [0.2] * 20) + items(7, [0.99, 0.99], first_frame=5)
     media = aggregate(scored, AggregationRule.parse("max"), min_track_fraction=0.0)
-    assert media.decisive_track == 7 and media.p_fake == pytest.approx(0.99)
+    assert (media.decisive_track, media.decision) == (7, MAX_OF_COVERED) and media.p_fake == pytest.approx(0.99)
 
 
-def test_when_no_track_is_seen_often_enough_all_tracks_count() -> None:
-    # Given three short tracks in 30 frames and a fraction none of them reaches, then the highest still decides
+def test_a_track_seen_in_one_frame_never_decides_a_video_even_when_the_fraction_asks_for_one() -> None:
+    # Given eight frames (10 % of them is under one frame), a face in all of them and a stray in one, or none at all
+    scored = items(1, [0.2] * 8) + items(7, [0.99], first_frame=3)
+    for fraction in (0.1, 0.0):
+        # Then the stray is not covered: the face decides
+        media = aggregate(scored, AggregationRule.parse("max"), min_track_fraction=fraction)
+        assert (media.decisive_track, media.decision) == (1, MAX_OF_COVERED)
+
+
+def test_in_an_image_every_face_is_covered_and_the_most_suspicious_decides() -> None:
+    # Given one frame with three faces, Then each is covered (one frame of one) and the fake one decides
+    scored = [ScoredItem(0, p, track_id=t) for t, p in enumerate([0.1, 0.9, 0.3])]
+    media = aggregate(scored, AggregationRule.parse("mean"))
+    assert (media.decisive_track, media.decision, media.p_fake) == (1, MAX_OF_COVERED, pytest.approx(0.9))
+
+
+def test_when_no_track_is_seen_often_enough_the_coverage_weighted_mean_decides() -> None:
+    # Given three one-frame tracks in three frames and a fraction none of them reaches
     scored = items(1, [0.3], 0) + items(2, [0.8], 10) + items(3, [0.4], 20)
     media = aggregate(scored, AggregationRule.parse("mean"), min_track_fraction=0.5)
-    assert media.decisive_track == 2 and media.p_fake == pytest.approx(0.8)
+    # Then none is taken alone: the mean weighted by evidence (equal here), named by the most suspicious of equals
+    assert media.decision == COVERAGE_WEIGHTED and media.p_fake == pytest.approx(0.5)
+    assert media.decisive_track == 2
+
+
+def test_a_fragmented_real_face_outweighs_one_confident_stray_detection() -> None:
+    # Given one real face in 32 sampled frames that tracking split into 21 short pieces (one or two frames each),
+    # and one stray detection on the background, confidence 0.96, scored fake (the clip of issue 16)
+    sizes = [1, 2] * 10 + [2]
+    pieces = [range(start, start + n) for start, n in zip(accumulate([0, *sizes]), sizes, strict=False)]
+    assert (len(pieces), pieces[-1][-1]) == (21, 31)
+    real = [ScoredItem(f, 0.05, track_id=t, confidence=0.999) for t, fs in enumerate(pieces) for f in fs]
+    scored = [*real, ScoredItem(9, 0.999, track_id=99, confidence=0.96)]
+    # When aggregated (no track reaches 10 % = 4 frames)
+    media = aggregate(scored, AggregationRule.parse("mean"), min_track_fraction=0.1)
+    # Then the video is real: every region weighs about the same, 1 in 23 of them fake; a real piece decides
+    assert media.decision == COVERAGE_WEIGHTED and media.p_fake < 0.1 and media.decisive_track != 99
+    assert max(t.p_fake for t in media.tracks) == pytest.approx(0.999)  # what "all tracks, the max" said
+
+
+def test_a_fragmented_fake_face_still_makes_the_video_fake() -> None:
+    # Given a fake face split into one-frame pieces in ten frames, Then the fallback still says fake
+    scored = [ScoredItem(k, 0.9, track_id=k) for k in range(10)]
+    media = aggregate(scored, AggregationRule.parse("mean"))
+    assert media.decision == COVERAGE_WEIGHTED and media.p_fake == pytest.approx(0.9)
+
+
+def test_confidence_and_small_faces_weigh_in_the_fallback() -> None:
+    # Given a region's weight: detector confidence times a discount for faces under SMALL_FACE_SIDE of the frame
+    big = ScoredItem(0, 0.0, confidence=0.8, area_fraction=0.04)  # side 0.2 of the frame
+    small = ScoredItem(0, 0.0, confidence=1.0, area_fraction=(SMALL_FACE_SIDE / 4) ** 2)
+    assert (big.weight, small.weight, ScoredItem(0, 0.0).weight) == pytest.approx((0.8, 0.25, 1.0))
+    # When two one-frame tracks in two frames are all there is, Then P(fake) is their weighted mean
+    scored = [ScoredItem(0, 0.1, 1, 0.8, 0.04), ScoredItem(1, 0.9, 2, 1.0, (SMALL_FACE_SIDE / 4) ** 2)]
+    media = aggregate(scored, AggregationRule.parse("mean"))
+    assert media.p_fake == pytest.approx((0.8 * 0.1 + 0.25 * 0.9) / 1.05) and media.decisive_track == 1
+    assert [t.weight for t in media.tracks] == pytest.approx([0.8, 0.25])
+    assert [t.coverage for t in media.tracks] == pytest.approx([0.5, 0.5])
 
 
 def test_full_frame_scores_are_one_track() -> None:
