@@ -7,8 +7,8 @@ builder imports what it needs when it runs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,18 +41,22 @@ ArtifactBuilder = Callable[[Exported, str, Path | None], tuple[Path, "BackendSpe
 
 @dataclass(frozen=True)
 class BackendBuild:
-    """How one backend's artifact is built, the precisions it can be built in, and whether it runs (and so is
-    checked) on the GPU when there is one."""
+    """How one backend's artifact is built, the precisions it can be built in, whether it runs (and so is
+    checked) on the GPU when there is one, and, by precision, how a reduced precision is made (recorded in the
+    manifest's evaluation as ``quantization``)."""
 
     artifact: ArtifactBuilder
     precisions: tuple[str, ...]
     gpu: bool
+    methods: Mapping[str, str] = field(default_factory=dict)
 
 
 BACKEND_BUILDS: Registry[BackendBuild] = Registry("backend build")
 
 
-def backend_build(name: str, precisions: tuple[str, ...], gpu: bool) -> Callable[[ArtifactBuilder], ArtifactBuilder]:
+def backend_build(
+    name: str, precisions: tuple[str, ...], gpu: bool, methods: Mapping[str, str] | None = None
+) -> Callable[[ArtifactBuilder], ArtifactBuilder]:
     """Register the decorated function as how backend ``name``'s artifact is built; a second one for a name is
     refused."""
     unknown = set(precisions) - set(PRECISIONS)
@@ -60,7 +64,7 @@ def backend_build(name: str, precisions: tuple[str, ...], gpu: bool) -> Callable
         raise ValueError(f"backend build {name!r}: unknown precisions {sorted(unknown)}; known: {PRECISIONS}")
 
     def register(artifact: ArtifactBuilder) -> ArtifactBuilder:
-        BACKEND_BUILDS.register(name)(BackendBuild(artifact, precisions, gpu))
+        BACKEND_BUILDS.register(name)(BackendBuild(artifact, precisions, gpu, dict(methods or {})))
         return artifact
 
     return register
@@ -72,19 +76,29 @@ def buildable_precisions() -> list[str]:
     return [p for p in PRECISIONS if p in built]
 
 
-# ONNX Runtime runs the exported fp32 graph on CPU; torch runs any float precision (autocast) on CPU or CUDA;
-# TensorRT builds any precision into its plan, on the GPU it will run on.
+# ONNX Runtime runs the exported fp32 graph, or its int8 form (trainer.quantize), on CPU; torch runs any float
+# precision (autocast) on CPU or CUDA; TensorRT builds any precision into its plan, on the GPU it will run on.
+ONNXRUNTIME_INT8 = (
+    "onnxruntime quantize_dynamic: MatMul/Gemm weights int8 symmetric per output channel, "
+    "activations uint8 per batch; Conv and activation matmuls fp32"
+)  # trainer.quantize says why
 
 
-@backend_build("onnxruntime", precisions=("fp32",), gpu=False)
+@backend_build("onnxruntime", precisions=("fp32", "int8"), gpu=False, methods={"int8": ONNXRUNTIME_INT8})
 def _onnxruntime_artifact(exported: Exported, precision: str, timing_cache: Path | None) -> tuple[Path, BackendSpec]:
     import onnxruntime
 
     from deepsift.engines.manifest import BackendSpec
     from deepsift.trainer.export import ONNX_OPSET
 
+    artifact = exported.onnx
+    if precision == "int8":
+        from deepsift.trainer.quantize import quantize_onnx
+
+        (exported.onnx.parent / "int8").mkdir()
+        artifact = quantize_onnx(exported.onnx, exported.onnx.parent / "int8" / ONNX_ARTIFACT)
     spec = BackendSpec(name="onnxruntime", version=onnxruntime.__version__, precision=precision, onnx_opset=ONNX_OPSET)
-    return exported.onnx, spec
+    return artifact, spec
 
 
 @backend_build("torch", precisions=("fp32", "fp16", "bf16"), gpu=True)

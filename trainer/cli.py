@@ -240,7 +240,7 @@ def _add_build_engine(commands: Commands) -> None:
     _add_backend_choices(
         build,
         backend_help="runtime that serves the engine (torch and tensorrt: the GPU paths)",
-        precision_help="onnxruntime: fp32; torch: fp32/fp16/bf16; tensorrt: any (int8: Q/DQ graphs)",
+        precision_help="onnxruntime: fp32/int8 (dynamic); torch: fp32/fp16/bf16; tensorrt: any (int8: Q/DQ graphs)",
     )
     build.add_argument("--timing-cache", type=Path, help="TensorRT timing cache to reuse and update")
     build.set_defaults(handler=cmd_build_engine)

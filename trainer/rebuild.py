@@ -6,9 +6,10 @@ calibration fits what will be served, fp16 and TensorRT included) → calibratio
 for a target false-positive rate → optionally the uncertain band around it for a target precision
 (``trainer.band``) → the gates (``trainer.gates``): the current engine scored on the same validation images and,
 when a reviewed manifest is given, both engines on its reviewed items (each preprocessed by its own input
-contract, at its own threshold) → the next version in the store → promoted with one atomic rename, unless a gate
-refused (the metric dropped by more than the allowed margin: then the version stays stored, unpromoted, for
-inspection; ``trainer engines promote`` overrides).
+contract, at its own threshold) and, for an int8 engine, the parity gate again through the fitted calibration
+(a failure stores nothing) and the int8 gate (validation ROC-AUC against the fp32 detector's) → the next version
+in the store → promoted with one atomic rename, unless a gate refused (the metric dropped by more than the allowed
+margin: then the version stays stored, unpromoted, for inspection; ``trainer engines promote`` overrides).
 """
 
 from __future__ import annotations
@@ -27,18 +28,21 @@ from deepsift.engines.manifest import BatchRange, EngineManifest, UncertainBand,
 from deepsift.engines.models import build_detector
 from deepsift.engines.store import EngineStore
 from deepsift.trainer.band import choose_band
-from deepsift.trainer.build import build_engine
+from deepsift.trainer.build import P_FAKE, build_engine, engine_parity
 from deepsift.trainer.calibrate import CalibrationResult, calibrate, expected_calibration_error
 from deepsift.trainer.data import ManifestDataset
 from deepsift.trainer.gates import (
     GATE_METRICS,
+    INT8_MAX_AUC_DROP,
     Gate,
     GateSplit,
     combined,
     current_figures,
     decide,
+    detector_logits,
     engine_logits,
     fake_labels,
+    int8_gate,
     split_figures,
 )
 from deepsift.trainer.runs import TrainedRun, newest_run, read_run
@@ -65,6 +69,7 @@ class RebuildOptions:
     band_precision: float | None = None  # target precision of the uncertain band (trainer.band); None: no band
     reviewed: Path | None = None  # dataset manifest of reviewed media (trainer export-reviews): the reviewed gate
     reviewed_split: str = "test"  # the split of `reviewed` both engines are scored on
+    max_int8_auc_drop: float = INT8_MAX_AUC_DROP  # int8 only: largest validation ROC-AUC drop against fp32
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class RebuildResult:
     manifest: EngineManifest
     promoted: bool
     gate: Gate  # every gate together: passed only if each did
-    gates: tuple[Gate, ...] = ()  # validation, then reviewed when there is a reviewed manifest
+    gates: tuple[Gate, ...] = ()  # validation, then reviewed when there is a reviewed manifest, then int8
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,7 @@ class _Scored:
     band: UncertainBand | None
     figures: list[Figures]
     val_ece: float
+    val_logits: np.ndarray
 
 
 def _check(options: RebuildOptions) -> None:
@@ -116,7 +122,27 @@ def _score_new(
     for more in items[1:]:
         p_more = fitted.calibration.p_fake_array(engine_logits(built, more))
         figures.append(split_figures(fake_labels(more), p_more, fitted.threshold, band))
-    return _Scored(fitted, band, figures, expected_calibration_error(p_fake, labels))
+    return _Scored(fitted, band, figures, expected_calibration_error(p_fake, labels), logits)
+
+
+def _int8_checks(
+    model: torch.nn.Module,
+    built: LoadedEngine,
+    scored: _Scored,
+    val: ManifestDataset,
+    options: RebuildOptions,
+    device: torch.device,
+    log: Callable[[str], None],
+) -> tuple[tuple[Gate, ...], dict[str, float | int | str]]:
+    """For an int8 engine: parity through the fitted calibration (raises: nothing is stored), then the int8 gate
+    against the fp32 detector on validation; no gates and no figures at other precisions."""
+    if options.precision != "int8":
+        return (), {}
+    parity = engine_parity(model, built, scored.fitted.calibration)
+    fp32 = detector_logits(model, val, device, options.batch.max)
+    gate, figures = int8_gate(scored.val_logits, fp32, fake_labels(val), options.max_int8_auc_drop)
+    log(f"calibrated P(fake) within {parity.max_abs[P_FAKE]:.2e} of torch on the golden batch; {gate.reason}")
+    return (gate,), {**parity.evaluation(), **figures}
 
 
 def _evaluation(
@@ -181,8 +207,10 @@ def rebuild_engine(store: EngineStore, options: RebuildOptions, log: Callable[[s
         )  # fmt: skip
         built = load_engine(scratch.resolve(options.name, draft.version), options=backend_options)
         scored = _score_new(built, items, options, log)
+        int8_gates, int8_figures = _int8_checks(model, built, scored, items[0], options, device, log)
+        draft = draft.model_copy(update={"evaluation": {**draft.evaluation, **int8_figures}})
         reference = current_figures(store, options.name, run.recipe, splits, options.metric, backend_options, log)
-        gates = _gates(scored, reference, splits, options)
+        gates = _gates(scored, reference, splits, options) + int8_gates
         gate = combined(gates)
         manifest = EngineManifest.model_validate(
             draft.model_dump()

@@ -16,11 +16,14 @@ from deepsift.engines.manifest import EngineManifest
 from deepsift.engines.models import build_detector
 from deepsift.engines.recipes import load_recipe
 from deepsift.engines.store import EngineStore
+from deepsift.trainer.build import parity_golden
 from deepsift.trainer.cli import main
 from deepsift.trainer.data import ManifestRow, dataset_for, read_manifest, write_manifest
+from deepsift.trainer.export import reference_outputs
 from deepsift.trainer.gates import engine_p_fake, fake_labels
 from deepsift.trainer.loop import FitOptions, fit
 from deepsift.trainer.metrics import binary_metrics
+from deepsift.trainer.rebuild import RebuildOptions, rebuild_engine
 
 RECIPE = "demo-tiny"
 
@@ -232,3 +235,52 @@ def test_reviewed_media_without_the_split_or_a_band_target_out_of_range_fail_bef
     assert rebuild(store.root, trained, "--uncertain-precision", "1.5") == 1
     assert "--uncertain-precision" in capsys.readouterr().err
     assert store.versions("det") == []
+
+
+def detector_val_auc(runs: Path) -> float:
+    """ROC-AUC of the run's detector itself (eager torch fp32) on its validation split, measured here."""
+    recipe = load_recipe(RECIPE)
+    model = build_detector(recipe).eval()
+    model.load_state_dict(torch.load(runs / "first" / "best.pt", map_location="cpu", weights_only=True))
+    val = dataset_for(recorded_data(runs), "val", recipe)
+    with torch.no_grad():
+        logits = model(torch.stack([val[i]["pixels"] for i in range(len(val))])).numpy()
+    return binary_metrics(fake_labels(val), logits, threshold=0.0)["roc_auc"]
+
+
+def test_an_int8_rebuild_is_gated_on_its_validation_auc_against_fp32_and_refused_just_beyond_the_bound(
+    trained: Path, tmp_path: Path
+):
+    # Given a finished run; When it is rebuilt at int8
+    store = EngineStore(tmp_path / "engines")
+    assert rebuild(store.root, trained, "--precision", "int8") == 0
+
+    # Then v1 is an int8 engine, promoted, whose manifest records its validation AUC beside the fp32 detector's
+    # (measured here again) and the allowed drop
+    manifest = EngineManifest.read(store.resolve("det"))
+    figures = manifest.evaluation
+    assert manifest.backend.precision == "int8" and store.current_version("det") == 1
+    assert figures["int8_val_roc_auc_fp32"] == pytest.approx(detector_val_auc(trained), abs=1e-3)
+    drop = figures["int8_val_roc_auc_drop"]
+    assert drop == pytest.approx(figures["int8_val_roc_auc_fp32"] - figures["int8_val_roc_auc"])
+    assert drop <= figures["int8_max_roc_auc_drop"] == 0.005 and figures["val_roc_auc"] >= 0.85
+    assert "int8 roc_auc" in figures["gate"] and "allowed drop 0.005" in figures["gate"]
+    # and its P(fake) parity was checked through the calibration fitted after the build
+    golden = parity_golden(manifest.input.size, manifest.batch)
+    model = build_detector(load_recipe(RECIPE))
+    model.load_state_dict(torch.load(trained / "first" / "best.pt", map_location="cpu", weights_only=True))
+    reference = reference_outputs(model, manifest.outputs, golden)["logit"]
+    engine = load_engine(store.resolve("det"))
+    deviation = np.abs(engine.p_fake(golden.numpy()) - manifest.calibration.p_fake_array(reference)).max()
+    assert manifest.calibration.method == "temperature" and manifest.calibration.temperature != 1.0
+    assert figures["parity_max_abs_p_fake"] == pytest.approx(deviation, abs=1e-6) and deviation <= 0.02
+
+    # When the same run is rebuilt with an allowed drop just under the one measured
+    options = RebuildOptions(recipe=RECIPE, name="det", runs=trained, precision="int8", max_int8_auc_drop=drop - 1e-3)
+    result = rebuild_engine(store, options, log=lambda line: None)
+
+    # Then v2 is stored with its figures but refused by the int8 gate alone, and v1 stays current
+    assert not result.promoted and store.versions("det") == [1, 2] and store.current_version("det") == 1
+    assert result.gate.reason.startswith("refused by the int8 gate: int8 roc_auc")
+    assert [g.name for g in result.gates if not g.passed] == ["int8"]
+    assert result.manifest.evaluation["int8_val_roc_auc_drop"] == pytest.approx(drop)
