@@ -82,8 +82,8 @@ class Reviews:
             if verdict is None:
                 raise ReviewRefused(f"no verdict {verdict_id}")
             _check_manipulation(label, manipulation, _engine_classes(session, verdict))
-            row = Review(verdict_id=verdict_id, job_id=verdict.job_id, label=label, manipulation=manipulation,
-                         reviewer=safe_text(reviewer), note=None if note is None else safe_text(note))  # fmt: skip
+            row = Review(verdict_id=verdict_id, job_id=verdict.job_id, label=label, manipulation=_text(manipulation),
+                         reviewer=safe_text(reviewer), note=_text(note))  # fmt: skip
             session.add(row)
             session.flush()
             return _record(row)
@@ -155,3 +155,7 @@ def _record(row: Review) -> ReviewRecord:
         manipulation=row.manipulation, note=row.note, id=row.id,
         created_at=None if row.created_at is None else as_utc(row.created_at),
     )  # fmt: skip
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else safe_text(value)

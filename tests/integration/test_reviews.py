@@ -166,3 +166,10 @@ def test_the_queue_holds_uncertain_disagreements_and_a_sample_of_confident_verdi
     assert daemon_main(["review", "queue", "--json", "--limit", "100000", "--database-url", database_url], out) == 0
     reasons = [json.loads(line)["reason"] for line in out.getvalue().splitlines()]
     assert reasons == sorted(reasons, key=["uncertain", "disagreement", "sample"].index) and len(set(reasons)) == 3
+
+
+def test_hostile_text_in_a_review_is_stored_as_both_databases_can(db_engine) -> None:
+    repository = VerdictRepository(db_engine)
+    saved = repository.save(_verdict("fake"))
+    review = Reviews(repository).add(saved.id, "fake", "a\x00b\ud800", manipulation="m\x00", note="n\x00\ud800")
+    assert (review.reviewer, review.manipulation, review.note) == ("a\ufffdb\ufffd", "m\ufffd", "n\ufffd\ufffd")
