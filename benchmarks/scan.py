@@ -10,6 +10,11 @@ imply (``MemoryCeiling`` in tests/hostile_media.py, from the settings' defaults)
     .venv/bin/python benchmarks/scan.py                # everything (~15 min on 2 CPU cores)
     .venv/bin/python benchmarks/scan.py --skip-memory  # throughput only
     .venv/bin/python benchmarks/scan.py --memory       # peak RSS per job for 1080p, 4K, 8K and the ceiling only
+    .venv/bin/python benchmarks/scan.py --face-1080p   # 1080p face mode vs a naive script and the engine (~10 min)
+
+``--face-1080p`` (``benchmarks/face_1080p.py``) times 10-second 1080p clips in face mode with the demo engine (trained
+into the data folder on first use, ~2 min) and the ViT-B/16 engine: deepsift's videos/s beside a naive sequential
+script's, and end to end against engine only.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from sqlalchemy import text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import face_1080p  # noqa: E402
 from deepsift.daemon.db import make_database, upgrade_database  # noqa: E402
 from deepsift.daemon.logs import configure_logging  # noqa: E402
 from deepsift.daemon.pipeline import JudgeConfig  # noqa: E402
@@ -41,7 +47,7 @@ from deepsift.engines.models import build_detector  # noqa: E402
 from deepsift.engines.recipes import load_recipe  # noqa: E402
 from deepsift.engines.store import EngineStore  # noqa: E402
 from deepsift.trainer.build import build_onnx_engine  # noqa: E402
-from deepsift.trainer.demo import scene_factory  # noqa: E402
+from deepsift.trainer.demo import scene_factory, train_demo_engine  # noqa: E402
 from tests.hostile_media import Budgets, MemoryCeiling, measure, runtime_and_engine_mib, write_clip, write_photo  # noqa: E402
 
 RECIPE = "siglip2-binary-b16-224"
@@ -187,11 +193,18 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="only the peak RSS per job for 1080p, 4K, 8K media")
     parser.add_argument("--memory-seconds", type=float, default=4.0, help="length of the 1080p and 4K clips")
     parser.add_argument("--memory-engine", choices=("face", "full"), default="face")
+    parser.add_argument("--face-1080p", action="store_true", help="only 1080p face mode vs a naive script (issue 16)")
+    parser.add_argument("--face-videos", type=int, default=4, help="1080p clips for --face-1080p")
     args = parser.parse_args()
     configure_logging("WARNING", "console")
     args.data.mkdir(parents=True, exist_ok=True)
     store = EngineStore(args.data / "engines")
     build_engines(store)
+    if args.face_1080p:
+        if store.current_version("demo") is None:
+            train_demo_engine(store, "demo", log=lambda line: None)
+        face_1080p.report(store, {"demo": "demo", "ViT-B/16": "b16-face"}, args.data, args.face_videos)
+        return
     if args.memory:
         with tempfile.TemporaryDirectory() as tmp:
             memory_per_job(store, f"b16-{args.memory_engine}", args.data, args.memory_seconds, Path(tmp))

@@ -97,7 +97,7 @@ class Settings(BaseSettings):
         default=1024, ge=16, description="decoded frames of one job; larger frames are decoded downscaled to fit"
     )
     detect_max_side: int = Field(
-        default=1280, ge=160, description="face detection runs on a copy whose long side is at most this"
+        default=640, ge=160, description="face detection runs on a copy whose long side is at most this"
     )
     # --- poison jobs and dependency timeouts (`daemon run`) ---
     poison_max_attempts: int = Field(

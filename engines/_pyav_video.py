@@ -144,6 +144,7 @@ class _Scan:
     decoded: int = 0
     bad_packets: int = 0  # packets skipped because they failed to decode
     stopped_by: av.error.FFmpegError | None = None  # a demux/decode error that ended the pass
+    target: int = 0  # the frame index being decoded towards: unreferenced frames before it are not decoded
     rotation: int = 0  # display rotation of the first decoded frame, degrees counter-clockwise
     coded_size: tuple[int, int] = (0, 0)  # width and height of the first decoded frame, before rotation
     last_raw: tuple[av.VideoFrame, int] | None = None  # turned into ``last`` only at the end
@@ -153,6 +154,10 @@ class _Scan:
         if self.fps and frame.time is not None:
             return round((frame.time - self.start_s) * self.fps)
         return self.decoded
+
+    def packet_index(self, packet: av.Packet, stream: av.video.stream.VideoStream) -> int:
+        """The index of the frame a timed packet holds (as ``index_of`` will give it once decoded)."""
+        return round((float(packet.pts * stream.time_base) - self.start_s) * self.fps)
 
     def keep(self, frame: av.VideoFrame, index: int, wanted: bool) -> None:
         """Record a decoded frame; convert it to RGB only when it is a target."""
@@ -179,8 +184,19 @@ class _Scan:
 def _decoded_frames(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, scan: _Scan
 ) -> Iterator[av.VideoFrame]:
-    """Frames in presentation order; packets that fail to decode are skipped, demux errors propagate."""
+    """Frames in presentation order; packets that fail to decode are skipped, demux errors propagate.
+
+    A packet shown before ``scan.target`` is decoded only when other frames refer to it: FFmpeg is told to skip
+    unreferenced frames (``skip_frame``, set per packet; frame threads take it with each packet). Such frames
+    are never kept, and nothing decodes from them; in H.264 from phones and encoders' defaults they are the
+    non-reference B-frames, half the frames and a third of decoding time. Without timing every frame is decoded.
+    """
+    context = stream.codec_context
+    skipping = False
     for packet in container.demux(stream):
+        skip = scan.fps is not None and packet.pts is not None and scan.packet_index(packet, stream) < scan.target
+        if skip != skipping:
+            context.skip_frame, skipping = ("NONREF" if skip else "DEFAULT"), skip
         try:
             yield from packet.decode()
         except av.error.InvalidDataError:
@@ -230,6 +246,7 @@ def _scan_targets(
         for target in targets:
             if scan.reached > target:
                 continue
+            scan.target = target
             if frames is None or (seek and not _keyframe_already_passed(stream, target, scan)):
                 frames = _seek(container, stream, target, scan) if seek else _decoded_frames(container, stream, scan)
             if not _decode_until(frames, target, scan):

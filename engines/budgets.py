@@ -22,7 +22,7 @@ Memory ceiling of one job (CPU decode), on top of the process's own ~0.85 GB (to
                         frame over ``max_frame_pixels`` even when the stream grows after its header.
     M  face detection   ≈ 50 bytes × ``MAX_DETECT_BATCH_PIXELS`` (7.4 Mpx: MTCNN's float copy, pyramid and P-net
                         maps, measured on CPU) ≈ 0.4 GB, plus the n detection copies (≤ detect_max_side² × 3 bytes
-                        each, 88 MB for 32 frames of 16:9 at 1280).
+                        each, 22 MB for 32 frames of 16:9 at 640).
     P  regions          ≤ n × ``MAX_FACES_PER_FRAME`` (16) crops, cut from the kept frames (non-overlapping faces
                         cover at most (1 + margin)² of a frame, typically a few %), one float copy of the largest
                         region while it is resized (12 bytes/pixel; a whole kept frame in full-frame mode), and
@@ -64,7 +64,7 @@ class MediaBudget:
     max_video_pixels: float = 1e12  # frame count × frame pixels: a 30-minute 4K60 video (9e11) passes
     max_duration_s: float = 7200.0
     frame_budget_bytes: int = 1024 << 20  # the sampled frames of one job, as RGB
-    detect_max_side: int = 1280  # face detection runs on a copy whose long side is at most this
+    detect_max_side: int = 640  # face detection runs on a copy whose long side is at most this
     min_side: int = 2  # narrower or lower media carries no picture to judge
 
     def __post_init__(self) -> None:

@@ -4,12 +4,14 @@ The trainer's preparation and the daemon both crop faces through this module, as
 preprocessing does, so a detector sees faces framed the same way in training and in service.
 MTCNN's weights ship inside the ``facenet-pytorch`` wheel; nothing is downloaded.
 
-Detection runs on a copy of each frame whose long side is at most ``detect_max_side`` (1280 by default;
-``detect_faces``): MTCNN's working set grows with the pixels it searches (about 50 bytes per pixel on CPU),
-so a 4K frame would cost it 7× a 720p one. Boxes are mapped back to the frame's own pixels and crops are
-cut from the frame itself, at its full (decoded) resolution. The smallest face searched for is therefore
-``min_face_size`` (20) pixels in the detection copy: 20 px in frames up to 1280 on the long side, and
-1/64 of the long side above that (60 px in a 3840×2160 frame, 120 px in 8K). (MTCNN's image pyramid starts
+Detection runs on a copy of each frame whose long side is at most ``detect_max_side`` (640 by default;
+``detect_faces``): MTCNN's time and working set grow with the pixels it searches (about 50 bytes per pixel on
+CPU), so a 1080p frame would cost it 9× its 640×360 copy. Boxes are mapped back to the frame's own pixels and
+crops are cut from the frame itself, at its full (decoded) resolution. The smallest face searched for is
+therefore ``min_face_size`` (20) pixels in the detection copy: 20 px in frames up to 640 on the long side, and
+1/32 of the long side above that (60 px in a 1920×1080 frame, 120 px in 4K). Boxes of faces from about 33 px in
+the copy (100 px in 1080p) match full-resolution detection at IoU ≥ 0.9; smaller ones are found with looser
+boxes (IoU ≈ 0.8 at 20–30 px in the copy). (MTCNN's image pyramid starts
 at that size; it still catches some faces down to about half of it, none much smaller.) Frames whose short
 side is under ``min_face_size`` cannot be searched at all; MTCNN is not run on them (its pyramid would be
 empty and it would fail), and the daemon answers such media ``too_small``.
@@ -116,6 +118,8 @@ class MtcnnFaceDetector:
         MTCNN batches only frames of one size, so frames are grouped by shape and batched per group. A frame
         smaller than ``min_face_size`` on its short side has no face MTCNN can find: it gets none, unsearched.
         """
+        from deepsift.engines import mtcnn  # torch and facenet-pytorch, loaded with the detector
+
         found: list[list[FaceBox]] = [[] for _ in frames]
         for shape, indices in _indices_by_shape(frames).items():
             height, width = shape[:2]
@@ -125,15 +129,13 @@ class MtcnnFaceDetector:
             for start in range(0, len(indices), per_pass):
                 chunk = indices[start : start + per_pass]
                 with _torch_threads(self.threads):
-                    boxes, probs = self._mtcnn.detect(_stack([frames[i] for i in chunk]))
-                for i, frame_boxes, frame_probs in zip(chunk, boxes, probs, strict=True):
+                    per_frame = mtcnn.detect(self._mtcnn, _batch([frames[i] for i in chunk]))
+                for i, (frame_boxes, frame_probs) in zip(chunk, per_frame, strict=True):
                     found[i] = self._kept(frame_boxes, frame_probs)
         return found
 
-    def _kept(self, boxes: Any, probs: Any) -> list[FaceBox]:
-        """MTCNN's boxes (None when it found none) as FaceBoxes above the confidence floor."""
-        if boxes is None:
-            return []
+    def _kept(self, boxes: np.ndarray, probs: np.ndarray) -> list[FaceBox]:
+        """MTCNN's boxes as FaceBoxes above the confidence floor, most confident first."""
         faces = [FaceBox(*(float(v) for v in box), confidence=float(p)) for box, p in zip(boxes, probs, strict=True)]
         return sorted((f for f in faces if f.confidence > self.min_confidence), key=lambda f: -f.confidence)
 
@@ -156,7 +158,8 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
 
 
 def _build_mtcnn(device: str, min_face_size: int) -> Any:
-    """facenet-pytorch's MTCNN with its packaged P/R/O-net weights, imported only when needed."""
+    """facenet-pytorch's MTCNN with its packaged P/R/O-net weights, imported only when needed; its cascade is run
+    by ``engines.mtcnn``."""
     from facenet_pytorch import MTCNN
 
     mtcnn = MTCNN(
@@ -189,8 +192,10 @@ def _indices_by_shape(frames: Sequence[RGBImage]) -> dict[tuple[object, ...], li
     return groups
 
 
-def _stack(frames: list[RGBImage]) -> RGBImage:
-    return sys.modules["torch"].stack(frames) if _is_tensor(frames[0]) else np.stack(frames)
+def _batch(frames: list[RGBImage]) -> torch.Tensor:
+    """Frames of one shape as one N×H×W×3 tensor (host arrays stacked once, without a further copy)."""
+    torch = sys.modules["torch"]
+    return torch.stack(frames) if _is_tensor(frames[0]) else torch.from_numpy(np.stack(frames))
 
 
 def square_crop(rgb: RGBImage, box: FaceBox, margin: float) -> RGBImage:

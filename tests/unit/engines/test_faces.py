@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from deepsift.engines.faces import (
+    DETECT_MAX_SIDE,
     MAX_FACES_PER_FRAME,
     FaceBox,
     MtcnnFaceDetector,
@@ -211,6 +212,23 @@ def test_detection_on_a_downscaled_copy_finds_the_full_resolution_box(
     assert len(full) == len(small) == 1
     assert iou(full[0], small[0]) >= 0.9
     assert 400 < small[0].x0 < small[0].x1 < 1480  # in the frame's pixels, not the copy's
+
+
+def test_at_the_default_size_a_face_above_the_stated_floor_is_found_where_full_resolution_finds_it(
+    mtcnn_detector: MtcnnFaceDetector, astronaut: np.ndarray
+) -> None:
+    from PIL import Image
+
+    # Given a 1920x1080 frame with a face about 100 px wide (33 px in the default 640 copy: the stated size from which
+    # boxes keep IoU >= 0.9; faces are found from 20 * 1920 / 640 = 60 px, their boxes looser below 100 px)
+    assert DETECT_MAX_SIDE == 640
+    frame = _on_canvas(np.asarray(Image.fromarray(astronaut).resize((600, 600))))
+    # When searched at full size and at the default detect_max_side
+    (full,) = mtcnn_detector.detect([frame])
+    (small,) = detect_faces(mtcnn_detector, [frame])
+    # Then the copy finds the one face full resolution finds, at IoU >= 0.9
+    assert len(full) == len(small) == 1
+    assert iou(full[0], small[0]) >= 0.9
 
 
 def test_detection_on_a_torch_frame_is_downscaled_on_its_device_like_a_numpy_frame(
