@@ -2,6 +2,10 @@
 
 The database URL comes from, in order: the caller's ``Config.attributes["database_url"]`` (the daemon),
 ``alembic -x url=...``, ``sqlalchemy.url`` in ``alembic.ini``, then ``DEEPSIFT_DATABASE_URL``.
+
+Logging: under ``daemon db ...`` the daemon's set-up (``engines.logs``) already renders alembic's records, as
+JSON lines in JSON mode, and is left alone. The ``alembic`` CLI takes ``alembic.ini``'s plain format, unless
+``DEEPSIFT_LOG_FORMAT`` is set: then the daemon's set-up in that format, so migrations log as the daemon does.
 """
 
 from __future__ import annotations
@@ -12,9 +16,11 @@ from logging.config import fileConfig
 from alembic import context
 
 from deepsift.daemon.db import make_database
+from deepsift.daemon.logs import configure_logging, is_configured
 from deepsift.daemon.models import Base
 
 DATABASE_URL_ENV = "DEEPSIFT_DATABASE_URL"
+LOG_FORMAT_ENV = "DEEPSIFT_LOG_FORMAT"
 
 
 def database_url() -> str:
@@ -50,8 +56,17 @@ def run_migrations_online() -> None:
         engine.dispose()
 
 
-if context.config.config_file_name is not None:
-    fileConfig(context.config.config_file_name, disable_existing_loggers=False)
+def set_up_logging() -> None:
+    """Keep the daemon's logging when it runs the migrations; otherwise DEEPSIFT_LOG_FORMAT, else alembic.ini."""
+    if is_configured():
+        return
+    if os.environ.get(LOG_FORMAT_ENV):
+        configure_logging(os.environ.get("DEEPSIFT_LOG_LEVEL") or "INFO", os.environ[LOG_FORMAT_ENV])
+    elif context.config.config_file_name is not None:
+        fileConfig(context.config.config_file_name, disable_existing_loggers=False)
+
+
+set_up_logging()
 
 if context.is_offline_mode():
     run_migrations_offline()

@@ -1,28 +1,10 @@
-"""structlog set-up: JSON lines for machines, readable lines on a terminal, job ids bound per job."""
+"""structlog set-up of the daemon: JSON lines for machines, readable lines on a terminal, job ids bound per job.
+
+The set-up itself is ``engines.logs`` (the trainer uses it too); stdlib ``logging`` records of alembic,
+kafka-python and SQLAlchemy go through the same renderer, so ``log_format = "json"`` gives JSON lines only."""
 
 from __future__ import annotations
 
-import logging
-import sys
+from deepsift.engines.logs import configure_logging, is_configured, json_logs
 
-import structlog
-
-
-def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
-    """Route structlog (and stdlib logging) to stderr, as JSON unless stderr is a terminal."""
-    json_output = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    renderer = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False)
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)  # one line per plugin, every run
+__all__ = ["configure_logging", "is_configured", "json_logs"]

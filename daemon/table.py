@@ -1,30 +1,38 @@
 """The verdict table ``daemon scan`` prints: one row per file as soon as its verdict is stored, and a footer that
-counts verdicts by status, paths that could not be read as files by code, and verdicts that could not be stored."""
+counts verdicts by status, paths that could not be read as files by code, and verdicts that could not be stored.
+
+No cell is ever cut: the label column is as wide as the engine's longest label (class names such as ``synthetic``
+or ``face_reenactment``, ``uncertain``), and a value wider than its column (a long file name) pushes the rest of
+its row to the right, two spaces on, so ``row.split()`` still reads every field whole."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import TextIO
 
 from deepsift.daemon.scan import ScanResult
 from deepsift.engines.manifest import EngineManifest
 
-# label: wide enough for "uncertain" (the band's label) and class names such as "synthetic"
+# label: at least wide enough for "uncertain" (the band's label) and "synthetic"; wider for longer class names
 _COLUMNS = (("file", 28), ("type", 5), ("status", 9), ("label", 9), ("p_fake", 6), ("frames", 6), ("code", 15))
+_LABEL = 3  # the label column's index
 
 
+@dataclass
 class VerdictTable:
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
+    out: TextIO
+    widths: tuple[int, ...] = tuple(w for _, w in _COLUMNS)
 
     def _line(self, values: list[str]) -> None:
-        cells = [
-            v[:w].ljust(w) if i < len(_COLUMNS) - 1 else v
-            for i, (v, (_, w)) in enumerate(zip(values, _COLUMNS, strict=True))
-        ]
+        cells = [v.ljust(w) for v, w in zip(values, self.widths, strict=True)]  # never v[:w]: no label is cut
         print("  ".join(cells).rstrip(), file=self.out, flush=True)
 
     def header(self, manifest: EngineManifest) -> None:
+        labels = (*manifest.task.class_names, "fake", "real", "uncertain")
+        widths = list(self.widths)
+        widths[_LABEL] = max(widths[_LABEL], *map(len, labels))
+        self.widths = tuple(widths)
         band = manifest.uncertain_band
         uncertain = "" if band is None else f", uncertain {band.low:.3f} <= p_fake < {band.high:.3f}"
         print(

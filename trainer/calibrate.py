@@ -8,6 +8,12 @@ Both are fitted on validation fake-logits with labels (1 = fake) and end up in t
 - ``isotonic``: a monotone step function from logit to P(fake) (scikit-learn's ``IsotonicRegression``), stored
   as at most ``max_knots`` knots that ``Calibration`` interpolates linearly. It also fixes a shifted or
   non-sigmoid score, but wants a few hundred validation items per class and merges close scores into ties.
+
+The calibration served is fitted on all the validation items, but its figures (``ece_after``, ``nll_after``,
+``brier_after``) are scored on items it was not fitted on: 2-fold cross-fitting, stratified and seeded, gives each
+item the P(fake) of a calibration fitted on the other fold (``scored_on`` says so; ``ece_after_in_sample`` beside
+it shows how much fitting and scoring on the same items flatters — isotonic reaches 0 there). A target FPR below
+``1 / n_real`` (``fpr_resolution``) cannot be measured on these items: it is logged as a warning.
 """
 
 from __future__ import annotations
@@ -22,10 +28,15 @@ from sklearn import metrics
 from sklearn.isotonic import IsotonicRegression
 
 from deepsift.engines.manifest import Calibration
+from deepsift.trainer.logs import warning
 
 Method = Literal["none", "temperature", "isotonic"]
 MAX_KNOTS = 200
 _LOG_T_BOUNDS = (math.log(1e-3), math.log(1e3))
+HELD_OUT_FOLDS = 2
+HELD_OUT_SEED = 0
+CROSS_FITTED = f"held out: {HELD_OUT_FOLDS}-fold cross-fitting, stratified, seed {HELD_OUT_SEED}"
+IN_SAMPLE = "in sample: too few items of a class to hold any out"
 
 
 @dataclass(frozen=True)
@@ -186,26 +197,71 @@ def fit_calibration(logits: np.ndarray, labels: np.ndarray, method: Method) -> C
     raise ValueError(f"unknown calibration method {method!r}; expected none, temperature or isotonic")
 
 
+def _folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """A fold number per item: each class shuffled (seeded) and dealt round the folds, so every fold holds both."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(labels.size, dtype=np.int64)
+    for value in (0, 1):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        fold[members] = np.arange(members.size) % folds
+    return fold
+
+
+def held_out_p_fake(
+    logits: np.ndarray, labels: np.ndarray, method: Method, folds: int = HELD_OUT_FOLDS, seed: int = HELD_OUT_SEED
+) -> np.ndarray | None:
+    """Each item's P(fake) from ``method`` fitted on the other folds (cross-fitting), to score a calibration on
+    items it never saw; None when a fold cannot be fitted (a class with fewer items than folds, tied logits)."""
+    z, y = _checked(logits, labels)
+    fold, p = _folds(y, folds, seed), np.empty(z.size, dtype=np.float64)
+    for k in range(folds):
+        fitted_on = fold != k
+        try:
+            calibration = fit_calibration(z[fitted_on], y[fitted_on], method)
+        except ValueError:
+            return None
+        p[~fitted_on] = calibration.p_fake_array(z[~fitted_on])
+    return p
+
+
+def _resolution(point: OperatingPoint, target_fpr: float) -> float:
+    """The smallest FPR the reals can measure; a warning when the target lies below it."""
+    resolution = 1.0 / point.n_real
+    if 0.0 < target_fpr < resolution:
+        warning(
+            "target_fpr_below_resolution", target_fpr=target_fpr, n_real=point.n_real, fpr_resolution=resolution,
+            advice=f"the threshold only keeps all {point.n_real} validation reals below it; "
+            f"measuring FPR {target_fpr} wants at least {math.ceil(1 / target_fpr)} reals",
+        )  # fmt: skip
+    return resolution
+
+
 def calibrate(logits: np.ndarray, labels: np.ndarray, method: Method, target_fpr: float) -> CalibrationResult:
     """Fit ``method`` on validation fake-logits and labels (1 = fake), then pick the threshold on the calibrated
     P(fake) for ``target_fpr`` on the same items. The report (flat, so it fits ``EngineManifest.evaluation``)
-    compares ECE, NLL and Brier of the raw ``sigmoid(logit)`` with the calibrated P(fake)."""
+    compares ECE, NLL and Brier of the raw ``sigmoid(logit)`` with the calibrated P(fake), the latter scored on
+    held-out items (``scored_on``)."""
     z, y = _checked(logits, labels)
     calibration = fit_calibration(z, y, method)
-    before, after = Calibration().p_fake_array(z), calibration.p_fake_array(z)
-    point = threshold_for_fpr(after, y, target_fpr)
+    before, in_sample = Calibration().p_fake_array(z), calibration.p_fake_array(z)
+    held_out = held_out_p_fake(z, y, method)
+    after = in_sample if held_out is None else held_out
+    point = threshold_for_fpr(in_sample, y, target_fpr)
     report: dict[str, float | int | str] = {
         "method": method,
         "n": int(y.size),
         "n_real": point.n_real,
         "n_fake": point.n_fake,
+        "scored_on": IN_SAMPLE if held_out is None else CROSS_FITTED,
         "ece_before": expected_calibration_error(before, y),
         "ece_after": expected_calibration_error(after, y),
+        "ece_after_in_sample": expected_calibration_error(in_sample, y),
         "nll_before": negative_log_likelihood(before, y),
         "nll_after": negative_log_likelihood(after, y),
         "brier_before": brier_score(before, y),
         "brier_after": brier_score(after, y),
         "target_fpr": float(target_fpr),
+        "fpr_resolution": _resolution(point, target_fpr),
         "threshold": point.threshold,
         "fpr": point.fpr,
         "tpr": point.tpr,

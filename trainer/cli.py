@@ -11,6 +11,7 @@ from typing import Any
 
 from deepsift.engines.cliargs import finish_parser
 from deepsift.engines.errors import DeepsiftError
+from deepsift.trainer.logs import add_log_option, configure_logs
 from deepsift.trainer.reviewed_cli import add_export_reviews_command
 
 DEFAULT_DEMO_STEPS = 700  # trainer.demo.DemoBudget.steps; repeated here so --help stays light
@@ -72,6 +73,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
 
 def cmd_rebuild_engine(args: argparse.Namespace) -> int:
     from deepsift.engines.store import EngineStore
+    from deepsift.trainer.logs import log_line
     from deepsift.trainer.rebuild import RebuildOptions, rebuild_engine
 
     options = RebuildOptions(
@@ -80,7 +82,7 @@ def cmd_rebuild_engine(args: argparse.Namespace) -> int:
         metric=args.metric, max_metric_drop=args.max_metric_drop, promote=not args.no_promote, device=args.device,
         band_precision=args.uncertain_precision, reviewed=args.reviewed, reviewed_split=args.reviewed_split,
     )  # fmt: skip
-    result = rebuild_engine(EngineStore(args.engine_store), options)
+    result = rebuild_engine(EngineStore(args.engine_store), options, log=log_line)
     manifest = result.manifest
     if result.promoted:
         print(f"engine {manifest.name} v{manifest.version} promoted")
@@ -362,6 +364,7 @@ DEFAULT_ENGINE_STORE = Path("var/engines")
 
 def _global_options(parser: argparse.ArgumentParser, default: Any = None) -> None:
     """Options every subcommand takes, before or after its name (``engines.cliargs``)."""
+    add_log_option(parser, suppress=default is not None)
     if default is None:  # the top parser: the environment's store, as the daemon reads it
         default = Path(os.environ.get("DEEPSIFT_ENGINE_STORE") or DEFAULT_ENGINE_STORE)
     parser.add_argument(
@@ -382,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        configure_logs(args)
         return args.handler(args)
     except DeepsiftError as e:
         print(f"trainer: {e}", file=sys.stderr)

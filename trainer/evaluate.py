@@ -13,6 +13,7 @@ from torch import nn
 from deepsift.engines.aggregate import AggregationRule, ScoredItem, aggregate
 from deepsift.engines.recipes import Recipe
 from deepsift.trainer.data import ManifestDataset
+from deepsift.trainer.logs import progress_of
 from deepsift.trainer.metrics import CostModel, MaskCounts, detection_report, multiclass_report
 from deepsift.trainer.objectives import OBJECTIVES
 
@@ -48,14 +49,17 @@ def predict_dataset(
     workers: int = 0,
     amp: str | None = None,
     keep_examples: int = 0,
+    progress: str | None = None,
 ) -> DatasetPredictions:
-    """Predictions for every item of ``dataset``, in order; masks are counted at threshold 0.5 as they stream."""
+    """Predictions for every item of ``dataset``, in order; masks are counted at threshold 0.5 as they stream.
+    With ``progress`` (what is predicted, e.g. ``evaluate test``) a ``progress`` log event every tenth of it."""
     device = device or next(detector.parameters()).device
     predict = OBJECTIVES.get(recipe.train.loss).predict
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size or recipe.train.batch_size, num_workers=workers)
     detector.eval()
     p_fake, probs, masks = [], [], MaskCounts() if recipe.task.masks else None
     examples: list[dict[str, np.ndarray]] = []
+    shown = progress_of(progress, len(loader))
     for batch in loader:
         with autocast(amp or recipe.train.amp, device):
             found = predict(detector, batch["pixels"].to(device), recipe)
@@ -69,6 +73,7 @@ def predict_dataset(
                 examples.append(
                     {"mask": batch["mask"][i].numpy(), "predicted": found.mask_probs[i].float().cpu().numpy()}
                 )
+        shown.step(len(batch["pixels"]))
     return DatasetPredictions(
         p_fake=torch.cat(p_fake).numpy(),
         class_probs=torch.cat(probs).numpy(),

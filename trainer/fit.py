@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from deepsift.engines.recipes import Recipe
+from deepsift.trainer.logs import event
 from deepsift.trainer.metrics import binary_metrics
 
 
@@ -84,6 +85,8 @@ def fit_binary(
             row = {"step": step, "loss": loss.item(), recipe.train.select_by: metric}
             best.history.append(row)
             log(row)
+            figures = {k: round(v, 4) for k, v in row.items()}
+            event("validation", **figures, n=len(val[1]), best=metric > best.best_metric)
             if metric > best.best_metric:
                 best.model, best.best_metric, best.best_step = copy.deepcopy(model), metric, step
         if out_of_time:

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepsift.engines.logs import json_logs
 from deepsift.engines.recipes import Recipe, TrainSpec
 from deepsift.trainer.augment import augmenter_for
 from deepsift.trainer.data import ManifestDataset
 from deepsift.trainer.distributed import Rank, data_parallel, epoch_batches, rank_device, rank_loader, to_device
 from deepsift.trainer.evaluate import autocast, evaluation_report, predict_dataset, selection_score
+from deepsift.trainer.logs import event
 from deepsift.trainer.metrics import youden_threshold
 from deepsift.trainer.objectives import OBJECTIVES, Objective
 from deepsift.trainer.runs import RunFolder
@@ -271,9 +273,11 @@ def _validate(run: _Run, training: _Training, state: dict[str, Any], running: li
     row["lr"] = training.scheduler.get_last_lr()[0]
     state["history"].append(row)
     run.log(row)
-    if row["val_score"] > state["best_metric"]:
+    best = row["val_score"] > state["best_metric"]
+    if best:
         state["best_metric"], state["best_step"] = row["val_score"], state["step"]
         run.files.save_best(training.evaluated.state_dict())
+    event("validation", **{k: round(v, 4) for k, v in row.items()}, n=len(run.val), best=best)
 
 
 def _save_progress(files: RunFolder, training: _Training, state: dict[str, Any]) -> None:
@@ -326,7 +330,8 @@ class _NoBar:
 
 
 def _progress_bar(total: int, done: int, enabled: bool) -> Any:
-    if not enabled:
+    """tqdm on stderr, unless turned off or the logs are JSON lines (a bar is no JSON)."""
+    if not enabled or json_logs():
         return _NoBar()
     from tqdm.auto import tqdm
 

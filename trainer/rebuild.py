@@ -29,7 +29,7 @@ from deepsift.engines.models import build_detector
 from deepsift.engines.store import EngineStore
 from deepsift.trainer.band import choose_band
 from deepsift.trainer.build import P_FAKE, build_engine, engine_parity
-from deepsift.trainer.calibrate import CalibrationResult, calibrate, expected_calibration_error
+from deepsift.trainer.calibrate import CalibrationResult, calibrate
 from deepsift.trainer.data import ManifestDataset
 from deepsift.trainer.gates import (
     GATE_METRICS,
@@ -110,6 +110,7 @@ def _score_new(
 ) -> _Scored:
     """Calibrate on validation (the first items), choose the band there, then score every split as served."""
     labels = fake_labels(items[0])
+    log(f"scoring {len(items[0])} validation items with the built engine")
     logits = engine_logits(built, items[0])
     fitted = calibrate(logits, labels, options.calibration, options.target_fpr)
     log(f"calibration {options.calibration}: {fitted.report}; threshold {fitted.threshold:.4f}")
@@ -122,7 +123,7 @@ def _score_new(
     for more in items[1:]:
         p_more = fitted.calibration.p_fake_array(engine_logits(built, more))
         figures.append(split_figures(fake_labels(more), p_more, fitted.threshold, band))
-    return _Scored(fitted, band, figures, expected_calibration_error(p_fake, labels), logits)
+    return _Scored(fitted, band, figures, float(fitted.report["ece_after"]), logits)  # held out (calibrate)
 
 
 def _int8_checks(
@@ -201,6 +202,7 @@ def rebuild_engine(store: EngineStore, options: RebuildOptions, log: Callable[[s
     model.load_state_dict(torch.load(run.checkpoint, map_location="cpu", weights_only=True))
     with tempfile.TemporaryDirectory(prefix="deepsift-rebuild-") as scratch_root:
         scratch = EngineStore(scratch_root)
+        log(f"building the {options.backend} {options.precision} engine (export, parity on the golden batch)")
         draft = build_engine(
             model, run.recipe, scratch, options.name, backend=options.backend, precision=options.precision,
             batch=options.batch, promote=False,

@@ -55,7 +55,7 @@ def evaluate_run(options: EvaluateOptions) -> dict[str, object]:
     detector.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
     detector.to(device)
     dataset = dataset_for(options.data, options.split, recipe)  # type: ignore[arg-type]
-    predictions = predict_dataset(detector, recipe, dataset, device=device)
+    predictions = predict_dataset(detector, recipe, dataset, device=device, progress=f"evaluate {options.split}")
     threshold = options.threshold if options.threshold is not None else (run_threshold or 0.5)
     report = evaluation_report(
         recipe, dataset, predictions, threshold=threshold, aggregation=options.aggregation,
@@ -66,10 +66,12 @@ def evaluate_run(options: EvaluateOptions) -> dict[str, object]:
     confusion = report["classes"]["confusion_matrix"] if "classes" in report else report["image"]["confusion_matrix"]
     names = recipe.task.class_names if "classes" in report else ("real", "fake")
     targets = predictions.targets if "classes" in report else predictions.fake
-    plots = detection_plots(options.out, predictions.fake, predictions.p_fake, confusion, names, np.asarray(targets))
+    title = f"{(options.run or checkpoint).name} · {options.split} split · n={len(dataset)}"
+    plots = detection_plots(options.out, predictions.fake, predictions.p_fake, confusion, names, np.asarray(targets),
+                            title=title, threshold=threshold)  # fmt: skip
     run = RunFolder(options.run) if options.run is not None else None
     if run is not None and run.history_file.exists():
-        curve = training_curves(options.out, run.read_history())
+        curve = training_curves(options.out, run.read_history(), title=f"{options.run.name} · training")
         plots += [curve] if curve else []
     report["plots"] = [p.name for p in plots]
     (options.out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")

@@ -10,15 +10,32 @@ every verdict that has one; its ``_sum``/``_count`` give the mean) and ``deepsif
 per judged job). Their labels stay bounded: engine names and versions of the store, the two roles, the statuses,
 the labels an engine's manifest can give and the closed set of ``engines.codes``. ``deploy/prometheus`` has
 alert rules on them.
+
+Beside them the registry carries the process (``process_*``: CPU seconds, resident memory, open file descriptors)
+and the Python platform (``python_info``), and ``deepsift_build_info{version, python}`` (value 1). Jobs count under
+``deepsift_jobs_total{outcome}``, one series per outcome from the start (``OUTCOMES``). No ``*_created`` series are
+served: prometheus_client's creation timestamps are switched off (a process-wide switch), as they double the
+series without an alert that reads them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import platform
 import queue
 from collections.abc import Mapping
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from deepsift.daemon.records import VerdictRecord
 
@@ -29,15 +46,33 @@ _PROBABILITIES = tuple(round(0.05 * i, 2) for i in range(1, 21))  # 0.05 … 1.0
 _FACES = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # le="0": judged without a face (whole-frame engines)
 _ENGINE_LABELS = ("engine", "version", "role")
 ROLES = ("serving", "shadow")
+# a finished job's outcome (``Completion.outcome``): its verdict's status, or ``skipped`` (judged before; poison
+# jobs are ``error`` verdicts with code ``poison_job``, dead letters and reused verdicts have counters of their own)
+OUTCOMES = ("ok", "abstained", "error", "skipped")
+
+
+def deepsift_version() -> str:
+    """The installed package's version, ``unknown`` when run from a tree that was never installed."""
+    try:
+        return metadata.version("deepsift")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class StreamMetrics:
     """Jobs by outcome, errors by code, stage latencies, batch sizes, queue depths, consumer lag."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.build = Gauge("deepsift_build_info", "The deepsift build (value 1)", ["version", "python"], registry=r)
+        self.build.labels(version=deepsift_version(), python=platform.python_version()).set(1)
         self.jobs = Counter("deepsift_jobs", "Jobs finished (verdict stored), by outcome", ["outcome"], registry=r)
+        for outcome in OUTCOMES:
+            self.jobs.labels(outcome=outcome)
         self.errors = Counter("deepsift_job_errors", "Error verdicts by code", ["code"], registry=r)
         self.dead_letters = Counter("deepsift_dead_letters", "Dead-letter records produced", ["code"], registry=r)
         self.retries = Counter("deepsift_retries", "Retries while a dependency is down", ["dependency"], registry=r)

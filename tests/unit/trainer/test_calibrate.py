@@ -5,14 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.isotonic import IsotonicRegression
+from structlog.testing import capture_logs
 
 from deepsift.engines.manifest import Calibration
 from deepsift.trainer.calibrate import (
+    CROSS_FITTED,
+    IN_SAMPLE,
     brier_score,
     calibrate,
     expected_calibration_error,
     fit_isotonic,
     fit_temperature,
+    held_out_p_fake,
     negative_log_likelihood,
     threshold_for_fpr,
 )
@@ -186,3 +190,48 @@ def test_other_refusals_say_why() -> None:
         threshold_for_fpr(np.array([0.2, 0.8]), np.array([0, 1]), 1.5)
     with pytest.raises(ValueError, match=r"reals score 1\.0"):
         threshold_for_fpr(np.array([1.0, 1.0, 0.5]), np.array([0, 1, 1]), 0.0)
+
+
+# --- held-out figures and the FPR resolution ---------------------------------------------------------------------
+
+
+def test_isotonic_ece_is_reported_on_items_the_calibration_was_not_fitted_on() -> None:
+    # Given noisy validation logits (isotonic fits its own items perfectly in the ECE sense)
+    logits, labels = overconfident_scores(600, scale=3.0, shift=0.5, seed=3)
+    # When calibrated
+    report = calibrate(logits, labels, "isotonic", target_fpr=0.05).report
+    # Then the in-sample ECE is (near) zero, but the figure reported is the cross-fitted one, and says so
+    assert report["ece_after_in_sample"] < 1e-9
+    assert report["ece_after"] > 0.01
+    assert report["scored_on"] == CROSS_FITTED
+    held = held_out_p_fake(logits, labels, "isotonic")
+    assert report["ece_after"] == pytest.approx(expected_calibration_error(held, labels))
+    assert report["nll_after"] == pytest.approx(negative_log_likelihood(held, labels))
+
+
+def test_cross_fitting_scores_each_item_by_a_calibration_fitted_on_the_other_fold_only() -> None:
+    # Given fakes and reals whose logits are disjoint (a real at 5.0 would be called fake if it fitted itself)
+    logits = np.array([-3.0, -2.0, -1.0, 5.0, 1.0, 2.0, 3.0, 4.0])
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    held = held_out_p_fake(logits, labels, "isotonic")
+    fitted_on_all = fit_isotonic(logits, labels).p_fake_array(logits)
+    # Then the held-out P(fake) differs from the in-sample one, and the split is seeded (the same twice)
+    assert held is not None and not np.allclose(held, fitted_on_all)
+    np.testing.assert_array_equal(held, held_out_p_fake(logits, labels, "isotonic"))
+
+
+def test_too_few_items_to_hold_out_fall_back_to_in_sample_figures_and_say_so() -> None:
+    report = calibrate(np.array([-2.0, 1.0, 2.0]), np.array([0, 1, 1]), "temperature", target_fpr=0.0).report
+    assert report["scored_on"] == IN_SAMPLE and report["ece_after"] == report["ece_after_in_sample"]
+
+
+def test_a_target_fpr_below_what_the_reals_can_measure_is_warned_about() -> None:
+    # Given 100 reals: an FPR below 0.01 cannot be measured on them
+    logits, labels = np.linspace(-3, 3, 200), np.repeat([0, 1], 100)
+    with capture_logs() as logs:
+        coarse = calibrate(logits, labels, "temperature", target_fpr=0.001).report
+        fine = calibrate(logits, labels, "temperature", target_fpr=0.05).report
+    warned = [e for e in logs if e["event"] == "target_fpr_below_resolution"]
+    assert coarse["fpr_resolution"] == fine["fpr_resolution"] == pytest.approx(0.01)
+    assert len(warned) == 1 and warned[0]["log_level"] == "warning"
+    assert warned[0]["n_real"] == 100 and warned[0]["target_fpr"] == 0.001

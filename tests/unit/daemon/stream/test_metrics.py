@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deepsift.daemon.records import EngineIdentity, FrameScoreRecord, VerdictRecord
-from deepsift.daemon.stream.metrics import StreamMetrics
+from deepsift.daemon.stream.metrics import OUTCOMES, StreamMetrics, deepsift_version
 
 ENGINE = EngineIdentity("sd2-vit-tiny", 3, "ab" * 32)
 SERVING = {"engine": "sd2-vit-tiny", "version": "3", "role": "serving"}
@@ -86,3 +88,35 @@ def test_the_role_comes_from_the_record_unless_given_and_an_unknown_role_is_refu
     assert value(scraped, "deepsift_verdict_p_fake_count", **SERVING) is None
     with pytest.raises(ValueError, match="role"):
         metrics.observe_verdict(verdict(label="real", p_fake=0.3), role="canary")  # unbounded label values
+
+
+def test_jobs_count_by_outcome_from_zero_and_errors_by_code():
+    # Given a fresh daemon's metrics and three finished jobs
+    metrics = StreamMetrics()
+    assert {value(samples(metrics), "deepsift_jobs_total", outcome=o) for o in OUTCOMES} == {0.0}
+    metrics.finished("ok", None)
+    metrics.finished("ok", None)
+    metrics.finished("error", "poison_job")
+    scraped = samples(metrics)
+    # Then each outcome has its series (rates work before the first error), and the error's code is counted
+    assert value(scraped, "deepsift_jobs_total", outcome="ok") == 2
+    assert value(scraped, "deepsift_jobs_total", outcome="error") == 1
+    assert value(scraped, "deepsift_jobs_total", outcome="abstained") == 0
+    assert value(scraped, "deepsift_job_errors_total", code="poison_job") == 1
+
+
+def test_the_scrape_has_process_platform_and_build_figures_and_no_created_series():
+    metrics = StreamMetrics()
+    metrics.finished("ok", None)
+    metrics.observe_verdict(verdict(label="fake", p_fake=0.9, frames=faces(1)))
+    scraped = samples(metrics)
+    names = {name for name, _ in scraped}
+    # Then the process's own figures are served (Linux: from /proc) beside the Python platform
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "process_start_time_seconds"} <= names
+    assert value(scraped, "process_resident_memory_bytes") > 0
+    assert any(name == "python_info" for name in names)
+    # And one build-info series of value 1 naming this package's version and this Python
+    build = [(dict(labels), v) for (name, labels), v in scraped.items() if name == "deepsift_build_info"]
+    assert build == [({"version": deepsift_version(), "python": platform.python_version()}, 1.0)]
+    # And no counter or histogram carries a *_created twin
+    assert not [name for name in names if name.endswith("_created")]
