@@ -20,7 +20,7 @@ from deepsift.daemon.logs import configure_logging
 from deepsift.daemon.review_commands import add_review_parser
 from deepsift.daemon.settings import Settings
 from deepsift.engines.cliargs import finish_parser
-from deepsift.engines.errors import DeepsiftError
+from deepsift.engines.errors import ConfigurationError, DeepsiftError
 
 if TYPE_CHECKING:
     from deepsift.daemon.repository import VerdictRepository
@@ -39,7 +39,12 @@ exit status:
   2  every file got a verdict, but some paths could not be read as files or some verdicts could not
      be stored; the footer counts each
   1  the scan could not run (no engine, database unreachable or not migrated) or broke off
+  78 a configuration error no wait can fix: a bad setting, an unreadable secret file, an unknown
+     database or role, a wrong password
 """
+# sysexits.h EX_CONFIG: every command's exit status for a configuration error, told apart from the outcomes (2, 3)
+# and from 1 (could not run now); systemd's RestartPreventExitStatus= and Kubernetes' podFailurePolicy key on it.
+EX_CONFIG = 78
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -291,17 +296,41 @@ def _report_unknown_variables() -> None:
         structlog.get_logger("daemon").warning("unknown_setting_variable", variable=name, did_you_mean=closest)
 
 
+def load_settings(args: argparse.Namespace) -> Settings:
+    """The settings, or a ``ConfigurationError`` that says in one line what is wrong with them."""
+    try:
+        return _settings(args)
+    except ValidationError as e:  # a bad value from an option, the environment, the settings file, a secret file
+        raise ConfigurationError(setting_errors(e)) from e
+    except (OSError, ValueError) as e:  # a settings file that is missing or is not TOML
+        raise ConfigurationError(f"settings file: {e}") from e
+
+
+def _one_line(command: str, error: ConfigurationError) -> None:
+    """A configuration error as one line on stderr: a JSON log line when logs are JSON (log pipelines parse every
+    line), else plain text; never a traceback."""
+    from deepsift.engines.logs import json_logs
+
+    if json_logs():
+        structlog.get_logger("daemon").error("configuration_error", command=command, error=str(error))
+    else:
+        print(f"daemon: {error}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = _settings(args)
-    except ValidationError as e:  # a bad value from an option, the environment or the settings file
-        print(f"daemon: {setting_errors(e)}", file=sys.stderr)
-        return 1
+        settings = load_settings(args)
+    except ConfigurationError as e:
+        print(f"daemon: {e}", file=sys.stderr)
+        return EX_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     _report_unknown_variables()
     try:
         return args.handler(settings, args, out)
+    except ConfigurationError as e:
+        _one_line(args.command, e)
+        return EX_CONFIG
     except DeepsiftError as e:
         structlog.get_logger("daemon").error("command_failed", command=args.command, error=str(e))
         print(f"daemon: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ with :func:`upgrade_database`.
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,10 +22,10 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from deepsift.engines.errors import DeepsiftError, RetryableError
+from deepsift.engines.errors import ConfigurationError, DeepsiftError, RetryableError
 
 if TYPE_CHECKING:
     from deepsift.daemon.settings import Settings
@@ -44,6 +45,14 @@ ALEMBIC_DIR = _migrations_dir()
 # transaction rollback (serialization failure, deadlock), insufficient resources, operator intervention.
 _RETRYABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57"})
 _RETRYABLE_SQLITE_MESSAGES = ("database is locked", "database table is locked", "unable to open database", "disk i/o")
+# What no wait can fix: invalid_catalog_name (no such database), invalid_authorization_specification (no such
+# role, no pg_hba.conf entry), invalid_password.
+_MISCONFIGURED_SQLSTATES = frozenset({"3D000", "28000", "28P01"})
+# libpq refuses a connection without a SQLSTATE: the server's (English) messages for the same refusals.
+_MISCONFIGURED_MESSAGES = re.compile(
+    r'database "[^"]*" does not exist|role "[^"]*" does not exist|password authentication failed'
+    r"|no pg_hba\.conf entry|no password supplied"
+)
 
 
 # Drivers on libpq, which understands the connect_timeout, keepalives and tcp_user_timeout parameters.
@@ -95,14 +104,15 @@ class DbTimeouts:
 def make_database(url: str, timeouts: DbTimeouts = DbTimeouts()) -> Engine:
     """Create an engine for ``url``; SQLite gets its directory, foreign keys and WAL, PostgreSQL pre-ping and
     ``timeouts`` (the default has no statement limit, so migrations may run long)."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        connect_args = timeouts.libpq_args(parsed) if parsed.get_driver_name() in _LIBPQ_DRIVERS else {}
-        return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    with translate_outages(at_start=True):  # a malformed URL or an unknown driver: a configuration error
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "sqlite":
+            connect_args = timeouts.libpq_args(parsed) if parsed.get_driver_name() in _LIBPQ_DRIVERS else {}
+            return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        engine = create_engine(parsed)
     database_file = _sqlite_file(parsed)
     if database_file is not None:
         database_file.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed)
     event.listen(engine, "connect", _configure_sqlite_connection)
     return engine
 
@@ -123,13 +133,13 @@ def alembic_config(url: str) -> Config:
 
 def upgrade_database(url: str, revision: str = "head") -> None:
     """Migrate the schema up to ``revision``; a database already there is left as it is."""
-    with translate_outages():
+    with translate_outages(at_start=True):
         command.upgrade(alembic_config(url), revision)
 
 
 def downgrade_database(url: str, revision: str) -> None:
     """Migrate the schema down to ``revision`` (``"base"`` removes every table, view and trigger)."""
-    with translate_outages():
+    with translate_outages(at_start=True):
         command.downgrade(alembic_config(url), revision)
 
 
@@ -137,7 +147,7 @@ def current_revision(url: str) -> str | None:
     """The Alembic revision the database is at, or None when it was never migrated."""
     engine = make_database(url)
     try:
-        with translate_outages(), engine.connect() as connection:
+        with translate_outages(at_start=True), engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
@@ -148,8 +158,9 @@ class SchemaError(DeepsiftError):
 
 
 def require_current_schema(engine: Engine) -> None:
-    """Refuse to run against a database whose schema is not at the newest migration."""
-    with translate_outages(), engine.connect() as connection:
+    """Refuse to run against a database whose schema is not at the newest migration; the first connection of a
+    command, so a database or role that does not exist is a ``ConfigurationError`` here, not an outage."""
+    with translate_outages(at_start=True), engine.connect() as connection:
         found = MigrationContext.configure(connection).get_current_revision()
     head = ScriptDirectory.from_config(
         alembic_config(engine.url.render_as_string(hide_password=False))
@@ -159,14 +170,40 @@ def require_current_schema(engine: Engine) -> None:
 
 
 @contextmanager
-def translate_outages() -> Iterator[None]:
-    """Re-raise database errors that a later attempt may not hit as ``RetryableError``; others pass."""
+def translate_outages(at_start: bool = False) -> Iterator[None]:
+    """Re-raise database errors that a later attempt may not hit as ``RetryableError``; others pass.
+
+    ``at_start``: a command's first contact with the database, where a malformed URL or an unknown database,
+    role or password (``is_misconfiguration``) is a ``ConfigurationError`` rather than an outage to wait out.
+    Later, the same refusal (a password rotated under a running daemon) stays retryable, so no job is lost."""
     try:
         yield
-    except DBAPIError as error:
-        if is_outage(error):
+    except (DBAPIError, ArgumentError) as error:
+        if at_start and is_misconfiguration(error):
+            raise ConfigurationError(f"database: {_first_line(error)}") from error
+        if isinstance(error, DBAPIError) and is_outage(error):
             raise RetryableError(f"database unavailable: {error.orig}") from error
         raise
+
+
+def is_misconfiguration(error: Exception) -> bool:
+    """True for what waiting cannot fix: a URL SQLAlchemy cannot parse or load a dialect for, and a server that
+    refuses the database, the role or the password (by SQLSTATE, or libpq's message where it gives none)."""
+    if isinstance(error, ArgumentError):  # NoSuchModuleError (an unknown dialect or driver) included
+        return True
+    if not isinstance(error, DBAPIError):
+        return False
+    sqlstate = getattr(error.orig, "sqlstate", None)
+    if sqlstate:
+        return sqlstate in _MISCONFIGURED_SQLSTATES
+    return isinstance(error, OperationalError) and bool(_MISCONFIGURED_MESSAGES.search(str(error.orig)))
+
+
+def _first_line(error: Exception) -> str:
+    """The driver's own message, first line (libpq's next lines are hints), whitespace runs made one space."""
+    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    lines = str(cause).strip().splitlines()
+    return " ".join((lines[0] if lines else type(cause).__name__).split())
 
 
 def is_outage(error: DBAPIError) -> bool:

@@ -21,23 +21,38 @@ from pydantic_settings import (
     BaseSettings,
     NoDecode,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
 
 from deepsift.engines.aggregate import AggregationRule
+from deepsift.engines.errors import ConfigurationError
 
 CONFIG_FILE_ENV = "DEEPSIFT_CONFIG_FILE"
+# A folder of secret files, one per setting, named like its variable (``deepsift_database_password``).
+SECRETS_DIR_ENV = "DEEPSIFT_SECRETS_DIR"
 ENV_PREFIX = "DEEPSIFT_"
-# Read by other parts than the settings: the TOML file's path, the systemd rebuild unit's arguments; DEEPSIFT_TEST_*
-# are the test suite's.
-OTHER_VARIABLES = frozenset({CONFIG_FILE_ENV, "DEEPSIFT_REBUILD_ARGS"})
+# Read by other parts than the settings: the TOML file's path, the secrets folder, the systemd rebuild unit's
+# arguments; DEEPSIFT_TEST_* are the test suite's.
+OTHER_VARIABLES = frozenset({CONFIG_FILE_ENV, SECRETS_DIR_ENV, "DEEPSIFT_REBUILD_ARGS"})
+# ``*_file`` settings: the file's content becomes the setting they name (one trailing newline dropped).
+SECRET_FILES = {"database_password_file": "database_password", "kafka_sasl_password_file": "kafka_sasl_password"}
+DEFAULT_DATABASE_URL = "sqlite:///var/deepsift.db"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEEPSIFT_", extra="forbid", frozen=True)
 
-    database_url: str = Field(default="sqlite:///var/deepsift.db", description="SQLAlchemy URL of the verdict store")
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL, repr=False, description="SQLAlchemy URL of the verdict store"
+    )  # not in repr: it may hold the password
+    database_password: SecretStr | None = Field(
+        default=None, description="put into database_url's password (the URL then holds none)"
+    )
+    database_password_file: Path | None = Field(
+        default=None, description="file holding database_password (a mounted Secret, a systemd credential)"
+    )
     engine_store: Path = Field(default=Path("var/engines"), description="root of the versioned engine store")
     engine_name: str = Field(default="demo", description="engine to serve; its 'current' version is loaded")
     engine_version: int | None = Field(default=None, description="pin a version instead of following 'current'")
@@ -129,6 +144,7 @@ class Settings(BaseSettings):
     kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
+    kafka_sasl_password_file: Path | None = Field(default=None, description="file holding kafka_sasl_password")
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
@@ -160,6 +176,38 @@ class Settings(BaseSettings):
         default=False,
         description="serve read-only verdict pages at /verdicts on the health port; they show uploaded media",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secrets_from_files(cls, data: Any) -> Any:
+        """``*_file`` settings read into the secret they hold; the database password set into the URL."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for file_field, secret_field in SECRET_FILES.items():
+            path = data.get(file_field)
+            if path in (None, ""):
+                continue
+            if data.get(secret_field) not in (None, ""):
+                raise ValueError(f"{secret_field} and {file_field} are both set: keep one")
+            data[secret_field] = read_secret_file(Path(path), file_field)
+        password = data.get("database_password")
+        if password is not None:
+            secret = password.get_secret_value() if isinstance(password, SecretStr) else str(password)
+            data["database_url"] = url_with_password(str(data.get("database_url", DEFAULT_DATABASE_URL)), secret)
+        return data
+
+    @field_validator("database_url")
+    @classmethod
+    def _parsable_url(cls, value: str) -> str:
+        from sqlalchemy import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(value)
+        except ArgumentError as e:
+            raise ValueError(f"not a SQLAlchemy URL (dialect+driver://user@host:port/database): {e}") from None
+        return value
 
     @field_validator("aggregation")
     @classmethod
@@ -221,7 +269,41 @@ class Settings(BaseSettings):
             if not Path(config_file).is_file():
                 raise FileNotFoundError(f"{CONFIG_FILE_ENV}={config_file} does not exist")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        secrets_dir = os.environ.get(SECRETS_DIR_ENV)
+        if secrets_dir:
+            if not Path(secrets_dir).is_dir():
+                raise ConfigurationError(f"{SECRETS_DIR_ENV}={secrets_dir} is not a folder")
+            file_secret_settings = SecretsSettingsSource(settings_cls, secrets_dir=secrets_dir)
         return (*sources, file_secret_settings)
+
+
+def read_secret_file(path: Path, setting: str) -> str:
+    """A secret file's text without its one trailing newline (``echo pw > file``); unreadable is a ``ValueError``."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ValueError(f"{setting}: cannot read {path}: {reason}") from None
+    if text.endswith("\n"):
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    return text
+
+
+def url_with_password(url: str, password: str) -> str:
+    """``url`` with ``password`` set through SQLAlchemy's URL (quoted as a URL needs); one that has a password
+    already is refused, so two sources never silently disagree."""
+    from sqlalchemy import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise ValueError(f"database_url: not a SQLAlchemy URL: {e}") from None
+    if parsed.get_backend_name() == "sqlite":
+        raise ValueError("database_password is set, but a SQLite database_url takes none")
+    if parsed.password is not None:
+        raise ValueError("database_url holds a password and database_password(_file) gives one too: keep one")
+    return parsed.set(password=password).render_as_string(hide_password=False)
 
 
 _ENGINE_REF = re.compile(r"^(?P<name>[^@\s]+)(?:@v?(?P<version>\d+))?$")

@@ -18,6 +18,11 @@ class RetryableError(DeepsiftError):
     """A dependency is unavailable for now; the same work may succeed later."""
 
 
+class ConfigurationError(DeepsiftError):
+    """A setting no wait can fix (a malformed URL, an unknown database or role, an unreadable secret file): the
+    command says so in one line and exits with ``EX_CONFIG`` (78) instead of retrying."""
+
+
 class PermanentError(DeepsiftError):
     """The input itself is bad; retrying cannot help. ``code`` is stored on the error verdict.
 

@@ -8,7 +8,8 @@ dependency ready again. The main loop never waits on a probe, so liveness is unt
 Each probe has its own client, bounded by the same timeouts: the database a connection of its own (libpq connect
 timeout and keepalives from ``DbTimeouts``), the broker a small admin client whose requests and connection set-up
 time out after ``dependency_timeout_s``. Asking the cluster for its description (any broker may answer) says
-whether the broker answers, not whether every broker does.
+whether the broker answers, not whether every broker does; the topic list, whether the jobs topic exists (a
+missing one is the probe's reason on ``/healthz/ready`` and in the log until it is created).
 """
 
 from __future__ import annotations
@@ -195,7 +196,7 @@ def dependency_probes(settings: Settings, report: ProbeReport) -> list[Probe]:
     probe_timeouts = replace(timeouts, connect_s=min(timeouts.connect_s, timeout_s))
     return [
         Probe(DatabaseCheck(make_database(settings.database_url, probe_timeouts)), report, timeout_s),
-        Probe(BrokerCheck(client_config(settings), timeout_s), report, timeout_s),
+        Probe(BrokerCheck(client_config(settings), timeout_s, settings.kafka_topic), report, timeout_s),
     ]
 
 

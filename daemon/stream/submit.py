@@ -74,15 +74,23 @@ def _job(url: str, sha: str | None, options: SubmitOptions) -> JobV1:
 
 def submit(jobs: Sequence[JobV1], settings: Settings, topic: str | None = None) -> list[str]:
     """Produce the jobs (keyed by job id) and wait until the broker acknowledged all; their ids, in order."""
+    from kafka.errors import KafkaError
+
     from deepsift.daemon.broker.client import make_producer
 
-    producer = make_producer(settings)
+    servers = settings.kafka_bootstrap_servers
+    try:
+        producer = make_producer(settings)
+    except KafkaError as e:  # no broker answered within the request timeout
+        raise DeepsiftError(f"cannot reach Kafka at {servers}: {e}") from e
     try:
         futures = [
             producer.send(topic or settings.kafka_topic, key=job.job_id.encode(), value=encode_job(job)) for job in jobs
         ]
         for future in futures:
             future.get(timeout=60)
+    except KafkaError as e:
+        raise DeepsiftError(f"Kafka at {servers} did not take the jobs: {e}") from e
     finally:
         producer.close(timeout=10)
     return [job.job_id for job in jobs]

@@ -88,3 +88,24 @@ def test_daemon_db_current_says_where_the_schema_is(tmp_path: Path) -> None:
     assert daemon_main(["--database-url", url, "db", "current"], out) == 0
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     assert head is not None and out.getvalue().strip().startswith(f"database at revision {head}")
+
+
+def test_daemon_submit_to_a_dead_broker_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    media = tmp_path / "a.jpg"
+    media.write_bytes(b"not even an image")
+    daemon = Path(sys.executable).parent / "daemon"
+    env = {"PATH": "/usr/bin:/bin", "DEEPSIFT_KAFKA_REQUEST_TIMEOUT_MS": "1000", "DEEPSIFT_LOG_FORMAT": "console"}
+    done = subprocess.run(
+        [str(daemon), "submit", "--bootstrap-servers", f"127.0.0.1:{port}", str(media)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert f"cannot reach Kafka at 127.0.0.1:{port}" in done.stderr

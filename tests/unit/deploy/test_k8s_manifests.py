@@ -26,14 +26,18 @@ EXPECTED_KINDS = {
     "Namespace",
     "ServiceAccount",
     "ConfigMap",
-    "Secret",
     "PersistentVolumeClaim",
     "Deployment",
     "PodDisruptionBudget",
     "Job",
     "CronJob",
     "ScaledObject",
+    "TriggerAuthentication",
 }
+# The Secret the operator creates (deploy/README.md, "Credentials"); nothing in the tree builds it.
+CREDENTIALS_SECRET = "deepsift-credentials"
+# The workloads that open the verdict database (trainer rebuild-engine reads none).
+DATABASE_WORKLOADS = (("Deployment", "deepsift-daemon"), ("Job", "deepsift-db-upgrade"), ("CronJob", "deepsift-drift"))
 LIVE_PATH, READY_PATH, METRICS_PATH = "/healthz/live", "/healthz/ready", "/metrics"
 # Headroom between the drain deadline and SIGKILL: commit offsets, leave the group, flush logs.
 STOP_HEADROOM_S = 10
@@ -255,7 +259,7 @@ def test_pods_run_as_the_images_non_root_user_on_a_read_only_root(rendered, over
 
 
 def test_settings_files_name_only_daemon_settings(rendered, run_settings, env_keys, unknown_settings):
-    written = env_keys((BASE / "config.env").read_text()) | env_keys((BASE / "secrets.env").read_text())
+    written = env_keys((BASE / "config.env").read_text())
     rendered_keys = environment(rendered["gpu"], the_container(daemon(rendered["gpu"])))
     assert not unknown_settings([*written, *rendered_keys]), "pydantic-settings would silently ignore these"
 
@@ -307,3 +311,58 @@ def test_drift_cronjob_runs_daemon_drift_and_fails_its_job_at_once_on_drift_or_t
     assert rule["action"] == "FailJob" and rule["onExitCodes"]["containerName"] == container["name"]
     assert (rule["onExitCodes"]["operator"], sorted(rule["onExitCodes"]["values"])) == ("In", [DRIFT, TOO_FEW])
     assert pod_spec(cron)["restartPolicy"] == "Never"  # what a podFailurePolicy requires
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_no_secret_is_built_from_the_tree_and_no_password_is_in_the_config(rendered, overlay, env_keys):
+    from sqlalchemy import make_url
+
+    # Given the rendered objects and the settings file
+    objects = rendered[overlay]
+    config = env_keys((BASE / "config.env").read_text())
+    # Then no Secret is rendered, no secrets file lies in the tree, and the database URL holds no password
+    assert not of_kind(objects, "Secret") and not (BASE / "secrets.env").exists()
+    assert make_url(config["DEEPSIFT_DATABASE_URL"]).password is None
+    assert not [key for key in config if key.endswith("PASSWORD")], "passwords come from files (*_FILE)"
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_database_workloads_read_the_operators_secret_as_files_the_file_settings_name(rendered, overlay):
+    objects = rendered[overlay]
+    for kind, name in DATABASE_WORKLOADS:
+        obj = named(objects, kind, name)
+        container = the_container(obj)
+        password_file = Path(environment(objects, container)["DEEPSIFT_DATABASE_PASSWORD_FILE"])
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == str(password_file.parent)]
+        (volume,) = [v for v in pod_spec(obj)["volumes"] if v["name"] == mount["name"]]
+        assert mount.get("readOnly") is True and volume["secret"]["secretName"] == CREDENTIALS_SECRET
+        # owner-and-group readable only; the group is the pod's fsGroup, so the non-root user can read it
+        assert volume["secret"]["defaultMode"] == 0o440 and pod_spec(obj)["securityContext"]["fsGroup"] == NON_ROOT_UID
+        assert not [ref for ref in container.get("envFrom", []) if "secretRef" in ref]
+
+
+@pytest.mark.parametrize("overlay", OVERLAY_NAMES)
+def test_keda_reads_the_broker_with_the_daemons_own_credential(rendered, overlay, env_keys):
+    # Given the ScaledObject's trigger and the SASL password file the daemon would read (commented in config.env)
+    objects = rendered[overlay]
+    (scaled,) = of_kind(objects, "ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    sasl_file = Path(env_keys((BASE / "config.env").read_text())["DEEPSIFT_KAFKA_SASL_PASSWORD_FILE"])
+    password_file = Path(environment(objects, the_container(daemon(objects)))["DEEPSIFT_DATABASE_PASSWORD_FILE"])
+    # Then KEDA authenticates through a rendered TriggerAuthentication whose password is the same Secret's key
+    auth = named(objects, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    refs = {ref["parameter"]: (ref["name"], ref["key"]) for ref in auth["spec"]["secretTargetRef"]}
+    assert refs["password"] == (CREDENTIALS_SECRET, sasl_file.name) and sasl_file.parent == password_file.parent
+
+
+def test_deploy_guide_creates_the_secret_with_the_keys_the_manifests_read(rendered, env_keys):
+    # Given the `kubectl create secret` command of deploy/README.md
+    readme = (HERE.parents[2] / "deploy" / "README.md").read_text()
+    command = re.search(r"kubectl -n deepsift create secret generic (\S+)((?:.*\\\n)*.*)", readme)
+    assert command, "deploy/README.md must show how to create the credentials Secret"
+    keys = set(re.findall(r"--from-(?:file|literal)=([a-z0-9-]+)=", command[2]))
+    # Then it creates the Secret the pods and KEDA name, with every key they read
+    config = env_keys((BASE / "config.env").read_text())
+    read = {Path(config[var]).name for var in ("DEEPSIFT_DATABASE_PASSWORD_FILE", "DEEPSIFT_KAFKA_SASL_PASSWORD_FILE")}
+    (auth,) = of_kind(rendered["base"], "TriggerAuthentication")
+    assert command[1] == CREDENTIALS_SECRET and read | {ref["key"] for ref in auth["spec"]["secretTargetRef"]} <= keys

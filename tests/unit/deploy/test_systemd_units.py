@@ -142,3 +142,23 @@ def test_env_files_name_only_daemon_settings(run_settings, unknown_settings, env
     keys = env_keys((SYSTEMD / "deepsift.env.example").read_text()) | unit_environment(DAEMON_UNIT)
     deepsift_keys = [key for key in keys if key.startswith("DEEPSIFT_")]
     assert not unknown_settings(deepsift_keys), "pydantic-settings would silently ignore these"
+
+
+@pytest.mark.parametrize("unit", [DAEMON_UNIT, DB_UPGRADE_UNIT], ids=lambda unit: unit.name)
+def test_database_password_is_a_credential_the_file_setting_names(unit, env_keys):
+    # Given a unit that opens the database, and the settings file beside it
+    found, env = directives(unit), unit_environment(unit)
+    credentials = dict(value.split(":", 1) for value in found["LoadCredential"])
+    # Then the password is loaded as a credential, read from $CREDENTIALS_DIRECTORY, and no file holds it inline
+    assert env["DEEPSIFT_DATABASE_PASSWORD_FILE"] == "%d/database-password" and "database-password" in credentials
+    from sqlalchemy import make_url
+
+    settings_file = env_keys((SYSTEMD / "deepsift.env.example").read_text())
+    assert make_url(settings_file["DEEPSIFT_DATABASE_URL"]).password is None
+    assert not [key for key in settings_file | env if key.endswith("_PASSWORD")]
+
+
+def test_daemon_unit_does_not_restart_on_a_configuration_error():
+    from deepsift.daemon.cli import EX_CONFIG
+
+    assert directives(DAEMON_UNIT)["RestartPreventExitStatus"] == [str(EX_CONFIG)]
