@@ -1,10 +1,10 @@
 """The composition root of ``daemon scan`` and ``daemon run``: what both commands run on, built in one place.
 
 ``build_services`` makes the database (schema checked), the verdict repository, the engine watcher (the
-serving engine loaded, warm, recorded in SQL and followed for promotions), the shadow engines, the decoder
-(DALI's worker started up front when it is chosen, so a broken GPU set-up fails at start, not on the first
-video), the judge configuration and the face detectors, and hands them to the pipeline loop with the command's
-result sink.
+serving engine loaded, warm, recorded in SQL with the store's promotion history, followed for promotions), the
+shadow engines, the decoder (DALI's worker started up front when it is chosen, so a broken GPU set-up fails at
+start, not on the first video), the judge configuration and the face detectors, and hands them to the pipeline
+loop with the command's result sink.
 ``daemon run`` waits while a dependency is down (``wait``); ``daemon scan`` fails at once instead (exit 1).
 """
 
@@ -20,6 +20,7 @@ import structlog
 from deepsift.daemon.db import DbTimeouts, make_database, require_current_schema
 from deepsift.daemon.engine_watch import EngineWatcher, FaceDetectors, warm_up
 from deepsift.daemon.pipeline.shadow import check_shadow
+from deepsift.daemon.promotions import PromotionLog, record_serving, replica_id
 from deepsift.daemon.repository import VerdictRepository
 from deepsift.daemon.runtime import engine_loader, judge_config, start_decoder
 from deepsift.daemon.settings import Settings, engine_ref
@@ -90,17 +91,24 @@ def open_repository(settings: Settings, deps: Dependencies) -> VerdictRepository
 def open_engines(
     settings: Settings, repository: VerdictRepository, metrics: StreamMetrics, deps: Dependencies
 ) -> EngineWatcher:
-    """The serving engine, loaded and warm, followed for promotions; each engine is recorded before it serves."""
+    """The serving engine, loaded and warm, followed for promotions; each engine is recorded before it serves,
+    with the store's promotion history and this replica's switch (``daemon.promotions``)."""
+    store, promotions, replica = EngineStore(settings.engine_store), PromotionLog(repository.engine), replica_id()
 
     def announce(engine: LoadedEngine, replacing: LoadedEngine | None) -> None:
         manifest = engine.manifest
+        previous = replacing.manifest.version if replacing is not None else None
         deps.call(lambda: repository.record_engine(manifest), "database")
+        deps.call(
+            lambda: record_serving(promotions, store, settings.engine_name, manifest.version, previous, replica),
+            "database",
+        )
         if replacing is not None:
             metrics.engine.labels(name=replacing.manifest.name, version=str(replacing.manifest.version)).set(0)
         metrics.engine.labels(name=manifest.name, version=str(manifest.version)).set(1)
 
     return EngineWatcher(
-        EngineStore(settings.engine_store),
+        store,
         settings.engine_name,
         load=engine_loader(settings),
         on_ready=announce,

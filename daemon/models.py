@@ -3,8 +3,8 @@ engines that made them, and the small record of deliveries started (the poison-j
 
 These classes mirror ``alembic/versions``; the migrations create the schema, and a test compares the
 two so they cannot drift. Only ``daemon.repository`` (verdicts, engines), ``daemon.uploads`` (re-upload and
-near-duplicate look-ups), ``daemon.attempts`` (``job_attempts``) and ``daemon.reviews`` (``reviews``) should
-touch them; the rest of the daemon speaks ``daemon.records``.
+near-duplicate look-ups), ``daemon.attempts`` (``job_attempts``), ``daemon.reviews`` (``reviews``) and
+``daemon.promotions`` (``engine_promotions``) should touch them; the rest of the daemon speaks ``daemon.records``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Double,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -69,6 +71,21 @@ class Verdict(Base):
         # (job_id, id) serves both job look-ups and "newest verdict per job" without touching the heap.
         Index("ix_verdicts_job_id_id", "job_id", "id"),
         Index("ix_verdicts_media_sha256_engine", "media_sha256", "engine_name", "engine_version"),  # re-uploads
+        # Analysts' questions at millions of rows (migration 0007): one engine version over time; the uploader;
+        # any metadata key by containment (a GIN index, PostgreSQL only: written as an expression, which the model
+        # comparison skips on SQLite); the newest serving verdict per job.
+        Index("ix_verdicts_engine_name_engine_version_created_at", "engine_name", "engine_version", "created_at"),
+        Index("ix_verdicts_uploader", text("(job_metadata ->> 'uploader')")),
+        Index("ix_verdicts_job_metadata", text("job_metadata jsonb_path_ops"), postgresql_using="gin").ddl_if(
+            dialect="postgresql"
+        ),
+        Index(
+            "ix_verdicts_serving_job_id_id",
+            "job_id",
+            "id",
+            postgresql_where=text("role = 'serving'"),
+            sqlite_where=text("role = 'serving'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
@@ -108,6 +125,12 @@ class Verdict(Base):
     role: Mapped[str] = mapped_column(String(16), server_default="serving")  # serving | shadow (0005)
     decisive_track_id: Mapped[int | None] = mapped_column(Integer)  # the track that decided P(fake) (0006)
     decision: Mapped[str | None] = mapped_column(Text)  # how: max_of_covered_tracks | coverage_weighted_fallback
+    # Migration 0008: the facts a verdict carries and the decision to filter on.
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # Kafka record time; scan start
+    min_track_fraction: Mapped[float | None] = mapped_column(Double)  # the aggregation rule's parameter
+    masks_requested: Mapped[bool | None] = mapped_column(Boolean)
+    is_fake: Mapped[bool | None] = mapped_column(Boolean)  # None: decides nothing (error, abstained, uncertain)
+    manipulation: Mapped[str | None] = mapped_column(Text)  # a multi-class engine's fake class; None otherwise
 
     frames: Mapped[list[VerdictFrame]] = relationship(order_by="VerdictFrame.id")
     tracks: Mapped[list[VerdictTrack]] = relationship(order_by="VerdictTrack.id")
@@ -261,3 +284,30 @@ class JobAttempt(Base):
     attempts: Mapped[int] = mapped_column(Integer)
     first_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class EnginePromotion(Base):
+    """A change of an engine's current version (migration 0007); append-only. ``promote`` and ``rollback`` rows
+    are the engine store's history, copied in by the daemon (``history_key`` unique per engine, so a re-copy adds
+    nothing); a ``daemon_switch`` row is a daemon replica starting to serve a version. Written by
+    ``daemon.promotions``."""
+
+    __tablename__ = "engine_promotions"
+    __table_args__ = (
+        CheckConstraint("kind IN ('promote', 'rollback', 'daemon_switch')", name="kind"),
+        CheckConstraint("(kind = 'daemon_switch') = (history_key IS NULL)", name="history_key"),
+        UniqueConstraint("engine_name", "history_key", name="uq_engine_promotions_engine_name_history_key"),
+        Index("ix_engine_promotions_engine_name_occurred_at", "engine_name", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
+    engine_name: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))  # promote | rollback | daemon_switch
+    version: Mapped[int] = mapped_column(Integer)  # current (or served, for a switch) from occurred_at on
+    previous_version: Mapped[int | None] = mapped_column(Integer)  # None: the first promotion, or a daemon start
+    occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # when it changed, UTC
+    actor: Mapped[str | None] = mapped_column(Text)  # the user who promoted or rolled back
+    reason: Mapped[str | None] = mapped_column(Text)
+    replica: Mapped[str | None] = mapped_column(Text)  # daemon_switch: host name and process id
+    history_key: Mapped[str | None] = mapped_column(Text)  # store rows: "<time> <action> v<version>"
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

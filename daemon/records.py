@@ -15,6 +15,7 @@ from typing import Any, Literal
 from deepsift.engines.codes import check_status, verdict_code
 
 VerdictStatus = Literal["ok", "abstained", "error"]
+UNDECIDED_LABELS = (None, "uncertain")  # labels of an ok verdict that decide neither fake nor real
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ class VerdictRecord:
     engine: EngineIdentity
     media_sha256: str | None = None
     media_type: str | None = None  # "video" | "image"
-    label: str | None = None  # "fake" | "real" when status == "ok"
+    label: str | None = None  # "real" | "fake" | a multi-class engine's class | "uncertain", when status == "ok"
     p_fake: float | None = None
     class_probs: dict[str, float] | None = None
     threshold: float | None = None
@@ -100,6 +101,8 @@ class VerdictRecord:
     fps: float | None = None
     duration_s: float | None = None
     size_bytes: int | None = None
+    # stage timings (fetch, decode, faces, infer, …) and, from submitted_at: queue_wait (until the daemon took the
+    # job) and total (until its verdict was ready to store)
     timings_ms: dict[str, float] = field(default_factory=dict)
     metadata: dict[str, Any] = field(default_factory=dict)
     decoder: str | None = None  # "pyav" | "dali": what decoded the frames
@@ -111,11 +114,22 @@ class VerdictRecord:
     role: str = "serving"  # "shadow": a shadow engine's verdict of the job, never announced (VERDICT_ROLES)
     decisive_track_id: int | None = None  # the track that decided P(fake) (engines.aggregate.MediaScore)
     decision: str | None = None  # how it was chosen: engines.aggregate.DECISIONS, e.g. "max_of_covered_tracks"
+    # the fake's class for a multi-class engine (its label, e.g. "synthetic"); None for binary engines and reals
+    manipulation: str | None = None
+    submitted_at: datetime | None = None  # when the job was submitted: its Kafka record's time; a scan's start
+    min_track_fraction: float | None = None  # the aggregation rule's parameter (JudgeConfig.min_track_fraction)
+    masks_requested: bool | None = None  # masks were asked for (the daemon's setting or the job's option)
     frames: tuple[FrameScoreRecord, ...] = ()
     tracks: tuple[TrackSummaryRecord, ...] = ()
     masks: tuple[MaskRecord, ...] = ()
     hashes: tuple[FrameHashRecord, ...] = ()
     near_duplicates: tuple[NearDuplicateRecord, ...] = ()
+
+    @property
+    def is_fake(self) -> bool | None:
+        """The verdict's decision: True for a fake (``fake`` or a multi-class engine's manipulation class), False
+        for ``real``; None when it decides nothing (``abstained``, ``error``, ``uncertain``)."""
+        return fake_decision(self.status, self.label)
 
     def __post_init__(self) -> None:
         """Refuse a code outside ``engines.codes.VerdictCode`` (the set is closed, so a dashboard can list every
@@ -123,9 +137,18 @@ class VerdictRecord:
         codes are never removed, so they load. A role other than serving or shadow is refused too."""
         if self.role not in ("serving", "shadow"):
             raise ValueError(f"a verdict's role is serving or shadow, not {self.role!r}")
+        if self.manipulation is not None and (not self.is_fake or self.manipulation != self.label):
+            raise ValueError(f"only a fake has a manipulation class, its label, not {self.manipulation!r}")
         if self.code is None:
             return
         if self.status in ("abstained", "error"):
             check_status(self.code, self.status)
         else:
             verdict_code(self.code)
+
+
+def fake_decision(status: str, label: str | None) -> bool | None:
+    """``verdicts.is_fake`` from a verdict's status and label (migration 0008 backfills old rows by the same rule)."""
+    if status != "ok" or label in UNDECIDED_LABELS:
+        return None
+    return label != "real"

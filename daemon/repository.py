@@ -6,7 +6,8 @@ races between daemons, not a read-then-write check.
 
 Saving a job's shadow verdicts goes with its serving verdict, in one transaction; a job is judged once per
 engine version, whatever the role. Every text and JSON value is made storable on the way in
-(``daemon.storable``).
+(``daemon.storable``). ``is_fake`` is written from the record's label (``VerdictRecord.is_fake``), so the column
+and the label cannot disagree.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ _PLAIN_FIELDS = (
     "role",
     "decisive_track_id",
     "decision",
+    "manipulation",
+    "min_track_fraction",
+    "masks_requested",
 )
 
 
@@ -268,6 +272,8 @@ def _to_row(record: VerdictRecord) -> Verdict:
         engine_name=safe_text(record.engine.name),
         engine_version=record.engine.version,
         engine_artifact_sha256=safe_text(record.engine.artifact_sha256),
+        is_fake=record.is_fake,
+        submitted_at=None if record.submitted_at is None else as_utc(record.submitted_at),
         job_metadata=safe_json(record.metadata),
         frames=[_frame_row(frame) for frame in record.frames],
         tracks=[_track_row(track) for track in record.tracks],
@@ -333,6 +339,7 @@ def _to_record(row: Verdict) -> VerdictRecord:
         engine=EngineIdentity(row.engine_name, row.engine_version, row.engine_artifact_sha256),
         metadata=row.job_metadata,
         created_at=as_utc(row.created_at),
+        submitted_at=None if row.submitted_at is None else as_utc(row.submitted_at),
         frames=tuple(_frame_record(frame) for frame in row.frames),
         tracks=tuple(_track_record(track) for track in row.tracks),
         masks=tuple(_mask_record(mask) for mask in row.masks),

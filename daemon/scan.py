@@ -4,7 +4,10 @@ The very stages of the stream daemon judge each path (prepare workers, micro-bat
 with an acknowledgement that does nothing and no Kafka: results are reported in scan order as they are
 stored. Each job is prepared for the engine serving when it starts and judged by that engine, so an engine
 promoted during a scan takes over between jobs; a file this engine judged before (same path and content) is
-not judged again.
+not judged again. Every job of a scan counts as submitted at the scan's start (``verdicts.submitted_at``; a
+file's modification time says when it was written, not when it was handed in), so ``queue_wait`` is how long a file
+waited behind the files before it and ``total`` the time until its verdict, beside the stage timings (``infer``
+included, as in ``daemon run``).
 
 Every path gets one verdict, and nothing about one path stops the scan. Paths that cannot be read as files
 get error verdicts with a code (``PATH_CODES``): ``symlink_loop``, ``unreadable`` (a file that cannot be

@@ -2,9 +2,9 @@
 how P(fake) moved, and how each does on the jobs people reviewed. ``trainer engines compare`` prints it;
 ``trainer engines promote --require-*`` checks a version against it before making it current.
 
-A verdict's *decision* is ``real`` (label ``real``) or ``fake`` (any other label: ``fake``, or a multi-class
-engine's manipulation class), and only for an ``ok`` verdict outside the uncertain band: ``uncertain`` labels and
-``abstained``/``error`` verdicts decide nothing. Agreement is the share of jobs decided by both versions whose
+A verdict's *decision* is its ``verdicts.is_fake`` (``fake`` also for a multi-class engine's manipulation class,
+``real``), which only an ``ok`` verdict outside the uncertain band has: ``uncertain`` labels and
+``abstained``/``error`` verdicts decide nothing (NULL). Agreement is the share of jobs decided by both versions whose
 decisions are equal, the same rule as the ``review_queue`` view's ``disagreement``; status flips (``ok`` ↔
 ``abstained``/``error``) and uncertain verdicts are counted beside it, never inside it. On reviewed jobs (the
 job's newest review; truth fake = review label ``fake``) each version's false positives and negatives are
@@ -25,8 +25,8 @@ from deepsift.trainer.verdictdb import read_verdict_store
 NEWEST_REVIEW = "NOT EXISTS (SELECT 1 FROM reviews AS newer WHERE newer.job_id = r.job_id AND newer.id > r.id)"
 PAIRS_SQL = f"""
 SELECT a.job_id, a.status AS a_status, a.label AS a_label, a.p_fake AS a_p_fake, a.threshold AS a_threshold,
-       b.status AS b_status, b.label AS b_label, b.p_fake AS b_p_fake, b.threshold AS b_threshold,
-       r.label AS reviewed_label
+       a.is_fake AS a_is_fake, b.status AS b_status, b.label AS b_label, b.p_fake AS b_p_fake,
+       b.threshold AS b_threshold, b.is_fake AS b_is_fake, r.label AS reviewed_label
 FROM verdicts AS a
 JOIN verdicts AS b ON b.job_id = a.job_id AND b.engine_name = a.engine_name AND b.engine_version = :b
 LEFT JOIN reviews AS r ON r.job_id = a.job_id AND {NEWEST_REVIEW}
@@ -54,11 +54,16 @@ class Judgement:
     label: str | None
     p_fake: float | None
     threshold: float | None
+    is_fake: bool | None = None  # verdicts.is_fake; None where it decides nothing, or was not read (label decides)
 
     @property
     def decision(self) -> str | None:
         """``real`` or ``fake`` for an ok verdict outside the uncertain band, else None."""
-        if self.status != "ok" or self.label in (None, "uncertain"):
+        if self.status != "ok":
+            return None
+        if self.is_fake is not None:
+            return "fake" if self.is_fake else "real"
+        if self.label in (None, "uncertain"):
             return None
         return "real" if self.label == "real" else "fake"
 
@@ -87,9 +92,13 @@ def read_pairs(url: str, name: str, a: int, b: int) -> list[Pair]:
     with read_verdict_store(url) as connection:
         rows = connection.execute(text(PAIRS_SQL), {"name": name, "a": a, "b": b}).mappings().all()
     side = ("status", "label", "p_fake", "threshold")
+
+    def judgement(row: Any, prefix: str) -> Judgement:
+        is_fake = row[f"{prefix}is_fake"]  # SQLite gives 1/0
+        return Judgement(*(row[f"{prefix}{k}"] for k in side), None if is_fake is None else bool(is_fake))
+
     return [
-        Pair(r["job_id"], Judgement(*(r[f"a_{k}"] for k in side)), Judgement(*(r[f"b_{k}"] for k in side)),
-             r["reviewed_label"])
+        Pair(r["job_id"], judgement(r, "a_"), judgement(r, "b_"), r["reviewed_label"])
         for r in rows
     ]  # fmt: skip
 

@@ -85,7 +85,8 @@ class KafkaSource:
             for record in records:
                 ticket = self.ledger.take(record.topic, record.partition, record.offset)
                 if ticket is not None:  # None: fetched before its partition was revoked
-                    taken.append(Envelope(ticket, record.key, record.value, record.timestamp, time.monotonic()))
+                    submitted = record.timestamp if record.timestamp is not None and record.timestamp > 0 else None
+                    taken.append(Envelope(ticket, record.key, record.value, submitted, time.monotonic()))
         return taken
 
     def keep_alive(self) -> None:

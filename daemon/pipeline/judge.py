@@ -9,7 +9,13 @@ import numpy as np
 
 from deepsift.daemon.outputs import RegionScores, mask_records, media_class_probs, media_label, region_scores
 from deepsift.daemon.pipeline.records import JudgeConfig, PreparedMedia
-from deepsift.daemon.records import EngineIdentity, FrameScoreRecord, TrackSummaryRecord, VerdictRecord
+from deepsift.daemon.records import (
+    EngineIdentity,
+    FrameScoreRecord,
+    TrackSummaryRecord,
+    VerdictRecord,
+    fake_decision,
+)
 from deepsift.engines.aggregate import ScoredItem, aggregate
 from deepsift.engines.backends import EngineOutputs
 from deepsift.engines.manifest import EngineManifest
@@ -28,7 +34,7 @@ def verdict(
     """Aggregate one job's engine outputs (or calibrated P(fake) per region) into its verdict, or turn its
     recorded failure into one."""
     if prepared.reused is not None:
-        return _reused(prepared)
+        return _reused(prepared, config)
     common = _common(prepared, manifest, config)
     if prepared.outcome is not None:
         status, code, detail = prepared.outcome
@@ -49,6 +55,8 @@ def _common(prepared: PreparedMedia, manifest: EngineManifest, config: JudgeConf
         media_sha256=prepared.media_sha256,
         threshold=manifest.threshold,
         aggregation=str(config.rule),
+        min_track_fraction=config.min_track_fraction,
+        masks_requested=config.masks,
         frames_requested=config.frames_per_video,
         frames_sampled=prepared.frames_sampled,
         timings_ms=dict(prepared.timings_ms),
@@ -78,13 +86,14 @@ def _common(prepared: PreparedMedia, manifest: EngineManifest, config: JudgeConf
 _REUSED_FIELDS = (
     "status", "label", "p_fake", "class_probs", "threshold", "code", "detail", "aggregation", "frames_requested",
     "frames_sampled", "media_type", "container", "codec", "width", "height", "fps", "duration_s", "size_bytes",
-    "content_credentials", "judged_with", "decisive_track_id", "decision",
+    "content_credentials", "judged_with", "decisive_track_id", "decision", "manipulation",
 )  # fmt: skip
 
 
-def _reused(prepared: PreparedMedia) -> VerdictRecord:
+def _reused(prepared: PreparedMedia, config: JudgeConfig) -> VerdictRecord:
     """An exact re-upload's own verdict: the earlier verdict's judgement, this job's id, URI, metadata and timings,
-    ``reused_from`` naming the verdict (scores, tracks and masks stay with it)."""
+    ``reused_from`` naming the verdict (scores, tracks and masks stay with it). The rule's parameters and masks
+    are this job's settings: a verdict is reused only under the same (``judged_with``)."""
     assert prepared.reused is not None
     earlier = prepared.reused.record
     job = prepared.job
@@ -97,6 +106,8 @@ def _reused(prepared: PreparedMedia) -> VerdictRecord:
         timings_ms=dict(prepared.timings_ms),
         metadata=dict(job.metadata),
         reused_from=prepared.reused.verdict_id,
+        min_track_fraction=config.min_track_fraction,
+        masks_requested=config.masks,
         **{name: getattr(earlier, name) for name in _REUSED_FIELDS},
     )
 
@@ -145,9 +156,12 @@ def _scored(
     masks = mask_records(
         per_region, [r.frame_index for r in regions], track_ids, config.max_masks if config.masks else 0
     )
+    label = media_label(manifest, media.p_fake, class_probs)
+    fake_class = manifest.task.kind == "multiclass" and fake_decision("ok", label)
     return VerdictRecord(
         status="ok",
-        label=media_label(manifest, media.p_fake, class_probs),
+        label=label,
+        manipulation=label if fake_class else None,
         p_fake=media.p_fake,
         class_probs=class_probs,
         frames=frames,

@@ -43,6 +43,7 @@ class FilesSource:
     def __init__(self, paths: Sequence[Path] = (), entries: Iterable[ScanEntry] | None = None) -> None:
         self._entries = iter(scan_entries(paths) if entries is None else entries)
         self._handed_out = 0
+        self.started_ms = int(time.time() * 1000)  # the scan's start: when each of its jobs counts as submitted
         self._open: set[int] = set()
         self._paused = False
         self._done = False
@@ -72,7 +73,7 @@ class FilesSource:
             ticket = Ticket(TOPIC, 0, self._handed_out, 0)
             self._handed_out += 1
             self._open.add(ticket.offset)
-            taken.append(Envelope(ticket, None, None, None, time.monotonic(), entry=entry))
+            taken.append(Envelope(ticket, None, None, self.started_ms, time.monotonic(), entry=entry))
         return taken
 
     def keep_alive(self) -> None:

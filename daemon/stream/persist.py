@@ -1,6 +1,7 @@
 """Stage 3, one thread: store each verdict, then report the job complete so its delivery may be acknowledged.
 
-Order per job: dead letter (error verdicts) → SQL commit (with the job's shadow verdicts, in one transaction)
+Each verdict first gets when its job was submitted and how long it waited (``with_submission``). Order per job:
+dead letter (error verdicts) → SQL commit (with the job's shadow verdicts, in one transaction)
 → result event → completion, the first and last through the ``ResultSink`` (Kafka for ``daemon run``, nothing
 for ``daemon scan``); shadow verdicts are never dead-lettered or announced. Each step is retried
 while its dependency is down, so a completion means all of them happened; a crash in between re-delivers the
@@ -79,6 +80,7 @@ def persist(judged: Judged, context: PersistContext) -> Completion:
 
 
 def _persist(judged: Judged, context: PersistContext) -> Completion:
+    judged = with_submission(judged)
     work, record = judged.work, judged.record
     if record is None:
         return _skipped(work, context)
@@ -97,6 +99,27 @@ def _persist(judged: Judged, context: PersistContext) -> Completion:
     say("verdict", job_id=record.job_id, uri=record.media_uri, status=record.status, label=record.label,
         p_fake=record.p_fake, code=record.code, verdict_id=stored.verdict_id)  # fmt: skip
     return _completion(work, record.status, record.code, stored)
+
+
+def with_submission(judged: Judged, now: float | None = None) -> Judged:
+    """The job's verdicts (serving and shadow) with when it was submitted (``Envelope.timestamp_ms``) and, beside
+    the stage timings, ``queue_wait`` (submitted until the daemon took the job from its source) and ``total``
+    (submitted until the verdict was ready to store), in milliseconds; clocks that disagree never make them
+    negative. A delivery without a submission time (a Kafka record without a timestamp) keeps its verdicts."""
+    envelope = judged.work.envelope
+    submitted = envelope.submitted_at
+    if submitted is None or judged.record is None:
+        return judged
+    since = submitted.timestamp()
+    waited = {
+        "queue_wait": round(max(0.0, envelope.taken_at - since) * 1000.0, 2),
+        "total": round(max(0.0, (time.time() if now is None else now) - since) * 1000.0, 2),
+    }
+
+    def stamped(record: VerdictRecord) -> VerdictRecord:
+        return replace(record, submitted_at=submitted, timings_ms={**record.timings_ms, **waited})
+
+    return replace(judged, record=stamped(judged.record), shadows=tuple(stamped(s) for s in judged.shadows))
 
 
 def _count_signals(record: VerdictRecord, metrics: StreamMetrics) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from deepsift.daemon.paths import ScanEntry
 from deepsift.daemon.pipeline import JudgeConfig, PreparedMedia
@@ -24,7 +25,10 @@ _POLL_S = 0.1
 
 @dataclass(frozen=True)
 class Envelope:
-    """A delivery, untouched: a message's bytes (dead letters carry them exactly), or the path of a scan."""
+    """A delivery, untouched: a message's bytes (dead letters carry them exactly), or the path of a scan.
+
+    ``timestamp_ms`` is when the job was submitted: the Kafka record's timestamp (the producer's send time, or the
+    broker's append time on a topic with ``LogAppendTime``), or the start of the scan that handed the path out."""
 
     ticket: Ticket
     key: bytes | None
@@ -32,6 +36,14 @@ class Envelope:
     timestamp_ms: int | None
     received: float  # time.monotonic() when taken from the source
     entry: ScanEntry | None = None  # a path to judge (the files source); None for a message
+    taken_at: float = field(default_factory=time.time)  # the wall-clock time when taken from the source
+
+    @property
+    def submitted_at(self) -> datetime | None:
+        """``timestamp_ms`` as a UTC time; None when the delivery has none."""
+        if self.timestamp_ms is None or self.timestamp_ms <= 0:
+            return None
+        return datetime.fromtimestamp(self.timestamp_ms / 1000.0, UTC)
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,7 @@ class Completion:
     job_id: str
     outcome: str  # ok | abstained | error | skipped
     code: str | None
-    timestamp_ms: int | None  # the Kafka record's timestamp, for end-to-end latency
+    timestamp_ms: int | None  # when the job was submitted (Envelope.timestamp_ms), for end-to-end latency
     verdict_id: int | None = None
     record: VerdictRecord | None = None
     created: bool = False  # this delivery stored the verdict (not an earlier one)

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration
 
 SCHEMA_TABLES = {"verdicts", "verdict_frames", "verdict_tracks", "verdict_masks", "engines", "job_attempts",
                  "verdict_hashes", "verdict_near_duplicates", "reviews"}  # fmt: skip
-HEAD_VIEWS = {"latest_verdicts", "review_queue"}
+QUEUE_VIEWS = {"latest_verdicts", "review_queue"}  # 0005-0007
+HEAD_VIEWS = QUEUE_VIEWS | {"latest_by_content", "verdict_flips"}  # 0008
 
 
 def insert_old_verdict(engine: object, job_id: str) -> int:
@@ -391,7 +392,7 @@ def test_downgrading_0006_removes_the_decisive_track_and_keeps_verdicts_and_view
         downgrade_database(empty_database_url, "0005")
         # Then the columns are gone, the verdict is still there, through latest_verdicts, and the queue still works
         assert current_revision(empty_database_url) == "0005"
-        assert schema_objects(empty_database_url)[1] == HEAD_VIEWS
+        assert schema_objects(empty_database_url)[1] == QUEUE_VIEWS
         columns = {c["name"] for c in inspect(engine).get_columns("verdicts")}
         assert not columns & {"decisive_track_id", "decision"}
         with engine.connect() as connection:

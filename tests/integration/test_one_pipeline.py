@@ -37,7 +37,7 @@ DAEMON = Path(sys.executable).parent / "daemon"
 
 # What names the job's origin or its time, not the judgement: left out of the comparison (media_uri is
 # compared as the file it names).
-ORIGIN_COLUMNS = {"id", "job_id", "source", "media_uri", "created_at", "timings_ms", "job_metadata"}
+ORIGIN_COLUMNS = {"id", "job_id", "source", "media_uri", "created_at", "submitted_at", "timings_ms", "job_metadata"}
 CHILD_TABLES = ("verdict_frames", "verdict_tracks", "verdict_masks")
 SAME_SETTINGS = {
     "DEEPSIFT_ENGINE_NAME": "demo",
