@@ -74,9 +74,7 @@ def _job(url: str, sha: str | None, options: SubmitOptions) -> JobV1:
 
 def submit(jobs: Sequence[JobV1], settings: Settings, topic: str | None = None) -> list[str]:
     """Produce the jobs (keyed by job id) and wait until the broker acknowledged all; their ids, in order."""
-    from kafka.errors import KafkaError
-
-    from deepsift.daemon.broker.client import make_producer
+    from deepsift.daemon.broker.client import KafkaError, make_producer
 
     servers = settings.kafka_bootstrap_servers
     try:

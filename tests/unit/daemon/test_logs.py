@@ -23,9 +23,15 @@ def restore_logging():
     """Each test configures logging afresh; the next test finds the root logger as it was."""
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    # `daemon run`, `scan` and `submit` quiet these loggers for the whole process (an earlier test may have run one)
+    libraries = {name: logging.getLogger(name).level for name in ("alembic", "kafka")}
+    for name in libraries:
+        logging.getLogger(name).setLevel(logging.NOTSET)
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, library_level in libraries.items():
+        logging.getLogger(name).setLevel(library_level)
     structlog.reset_defaults()
 
 
