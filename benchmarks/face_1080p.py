@@ -27,7 +27,7 @@ from deepsift.engines.aggregate import AggregationRule
 from deepsift.engines.backends import load_engine
 from deepsift.engines.budgets import MediaBudget
 from deepsift.engines.decoders import DecoderOptions, open_decoder
-from deepsift.engines.faces import FaceBox, MtcnnFaceDetector, square_crop
+from deepsift.engines.faces import FaceBox, square_crop
 from deepsift.engines.preprocess import preprocess_batch
 from deepsift.engines.store import EngineStore
 from tests.scenes import write_face_clip
@@ -75,7 +75,8 @@ def deepsift_seconds(videos: list[Path], engine, workdir: Path) -> tuple[float, 
     config = JudgeConfig(FRAMES, AggregationRule.parse("mean"), 0.1, open_decoder("pyav", DecoderOptions()), 2 << 30,
                          budget=budget)  # fmt: skip
     started = time.perf_counter()
-    results = list(run_scan(videos, engine, repository, config, MtcnnFaceDetector(), settings))
+    # no detector given: one per prepare worker, as `daemon scan` makes them
+    results = list(run_scan(videos, engine, repository, config, None, settings))
     elapsed = time.perf_counter() - started
     if {r.verdict.status for r in results} != {"ok"}:
         raise RuntimeError(f"not every clip was judged: {[(r.verdict.status, r.verdict.code) for r in results]}")
