@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 import structlog
@@ -20,8 +21,20 @@ _QUIET = {"alembic.runtime.plugins": logging.WARNING}  # one line per plugin, ev
 _state = {"json": False}
 
 
+# One lock for every line written, structlog's and the stdlib handler's: each line is written whole, by one call,
+# so lines of two threads never interleave (a JSON log with two events on one line is unreadable).
+_WRITE_LOCK = threading.Lock()
+
+
+def _write_line(line: str) -> None:
+    with _WRITE_LOCK:
+        stream = sys.stderr
+        stream.write(line + "\n")
+        stream.flush()
+
+
 class _StderrHandler(logging.StreamHandler):
-    """A stream handler on the current ``sys.stderr``."""
+    """A stream handler on the current ``sys.stderr``, writing under the shared line lock."""
 
     @property
     def stream(self) -> Any:  # type: ignore[override]
@@ -31,9 +44,24 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self, value: Any) -> None:  # logging.StreamHandler.__init__ assigns it
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _write_line(self.format(record))
+        except Exception:
+            self.handleError(record)
 
-def _stderr_logger(*args: Any) -> structlog.PrintLogger:
-    return structlog.PrintLogger(file=sys.stderr)
+
+class _StderrLogger:
+    """structlog's final logger: each rendered event one whole line on the current ``sys.stderr``."""
+
+    def msg(self, message: str) -> None:
+        _write_line(message)
+
+    debug = info = warning = warn = error = err = critical = exception = fatal = failure = log = msg
+
+
+def _stderr_logger(*args: Any) -> _StderrLogger:
+    return _StderrLogger()
 
 
 def is_json(fmt: str) -> bool:

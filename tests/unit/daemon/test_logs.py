@@ -84,3 +84,31 @@ def test_the_alembic_cli_logs_json_when_the_log_format_is_set(tmp_path):
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=True)
     lines = json_lines(done.stderr)
     assert any(line["event"].startswith("Running upgrade") for line in lines), done.stderr
+
+
+def test_lines_of_threads_logging_at_once_never_interleave(capsys):
+    # Given structlog events and library records written by four threads at once (the daemon's stages do this)
+    import threading
+
+    configure_logging("INFO", "json")
+
+    def events() -> None:
+        for i in range(2000):
+            structlog.get_logger("daemon").warning("dependency_not_answering", dependency="kafka", i=i)
+
+    def records() -> None:
+        for i in range(2000):
+            logging.getLogger("kafka.conn").warning("closing connection %d", i)
+
+    threads = [threading.Thread(target=f) for f in (events, records, events, records)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as a loaded machine does
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    # Then every line is one whole JSON object
+    assert len(json_lines(capsys.readouterr().err)) == 8000
