@@ -1,5 +1,6 @@
 """This process's place in a ``torchrun`` job (or a lone process): its rank and device, the loader that gives it
-its share of the training set, and the DDP wrapping of the objective."""
+its share of the training set, the DDP wrapping of the objective, and the collectives a loss over the global batch
+needs (``global_batch``, an all-gather with gradients; ``broadcast_from_main``)."""
 
 from __future__ import annotations
 
@@ -100,3 +101,63 @@ def data_parallel(objective: nn.Module, rank: Rank, device: torch.device) -> nn.
     return nn.parallel.DistributedDataParallel(
         objective, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
     )
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _row_counts(tensor: torch.Tensor) -> list[int]:
+    """How many rows every rank holds (ranks may differ: the last batch of an uneven split)."""
+    count = torch.tensor([len(tensor)], device=tensor.device)
+    counts = [torch.empty_like(count) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, count)
+    return [int(c.item()) for c in counts]
+
+
+def _gather_rows(tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Every rank's rows concatenated in rank order (padded to the longest for the collective), no autograd."""
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[: len(tensor)] = tensor
+    pieces = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(pieces, padded.contiguous())
+    return torch.cat([piece[:n] for piece, n in zip(pieces, counts, strict=True)])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward reaches every rank: the gradient of the gathered tensor is summed over the ranks
+    (each rank's loss used all of it) and each rank keeps the rows it contributed (open_clip's ``gather_with_grad``;
+    here with an all-reduce, which gloo and NCCL both have, so ranks may hold different row counts)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        counts = _row_counts(tensor)
+        ctx.start = sum(counts[: dist.get_rank()])
+        ctx.stop = ctx.start + len(tensor)
+        return _gather_rows(tensor, counts)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start : ctx.stop]
+
+
+def global_batch(tensor: torch.Tensor) -> torch.Tensor:
+    """The rows of every rank in rank order, when ``torch.distributed`` runs several ranks (else ``tensor``).
+    Gradients flow back to the rank that contributed each row, so a loss over the global batch trains every rank's
+    encoder; with DDP's gradient average, the step equals one process's on the whole batch."""
+    if not _distributed():
+        return tensor
+    if tensor.requires_grad:
+        return _GatherWithGrad.apply(tensor)
+    return _gather_rows(tensor, _row_counts(tensor))
+
+
+def broadcast_from_main(tensor: torch.Tensor) -> torch.Tensor:
+    """Rank 0's ``tensor`` on every rank (a random draw all ranks must share), or ``tensor`` in a lone process."""
+    if not _distributed():
+        return tensor
+    tensor = tensor.clone()
+    dist.broadcast(tensor, src=0)
+    return tensor

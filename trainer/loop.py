@@ -194,12 +194,15 @@ def fit(
         raise ValueError(
             f"recipe {recipe.name!r} ({recipe.train.loss}) is not trained by gradients; see `trainer fewshot`"
         )
+    objective_type.check_data(recipe, train.rows)
     rank = Rank.from_env()
     device = rank_device(options.device, rank)
     seed_everything(options.seed + rank.rank)
     run = _Run(recipe, val, options, rank, device, RunFolder(options.out).create(), log)
     if rank.main:
         run.files.write_recipe(recipe)
+        if notes := objective_type.run_notes(recipe):
+            event("objective", recipe=recipe.name, loss=recipe.train.loss, **notes)
     train.augment = augmenter_for(recipe.train.augment)
     training = _set_up(objective_type, model, train, run)
     state = _fresh_state()
@@ -318,6 +321,7 @@ def _finish(run: _Run, model: nn.Module, state: dict[str, Any]) -> FitResult:
             "select_by": recipe.train.select_by, "best_metric": state["best_metric"], "threshold": threshold,
             "threshold_rule": "youden on the validation split",
             "data": str(Path(options.data).resolve()) if options.data else None,
+            **OBJECTIVES.get(recipe.train.loss).run_notes(recipe),
         })  # fmt: skip
     model.eval()
     return FitResult(state["best_metric"], state["best_step"], threshold, state["history"], run.files.path)

@@ -6,6 +6,8 @@ An objective is an ``nn.Module`` wrapping the detector so that DDP sees the whol
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -15,6 +17,7 @@ from torch import nn
 
 from deepsift.engines.recipes import MaskLossSpec, Recipe
 from deepsift.engines.registry import Registry
+from deepsift.trainer.distributed import broadcast_from_main, global_batch
 
 Batch = dict[str, Any]
 OBJECTIVES: Registry[type[Objective]] = Registry("objective")
@@ -37,6 +40,15 @@ class Objective(nn.Module):
     def __init__(self, detector: nn.Module, recipe: Recipe, seed: int = 0) -> None:
         super().__init__()
         self.detector, self.recipe = detector, recipe
+
+    @classmethod
+    def check_data(cls, recipe: Recipe, rows: Sequence[Any]) -> None:
+        """Refuse training rows (``ManifestRow``) this objective cannot learn from, before a step is spent."""
+
+    @classmethod
+    def run_notes(cls, recipe: Recipe) -> dict[str, Any]:
+        """What the log and the run summary say about how the recipe trains (e.g. which ablation of a paper it is)."""
+        return {}
 
     def forward(self, batch: Batch, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -144,36 +156,102 @@ def siglip_loss(image: torch.Tensor, text: torch.Tensor, same: torch.Tensor, sca
     return -F.logsigmoid(signs * logits).sum() / len(image)
 
 
+def text_ids(texts: list[str], device: torch.device) -> torch.Tensor:
+    """A 64-bit digest per text (the same in every process, unlike ``hash``): equal texts, equal ids."""
+    digests = [hashlib.blake2b(t.encode(), digest_size=8).digest() for t in texts]
+    return torch.tensor([int.from_bytes(d, "little", signed=True) for d in digests], device=device)
+
+
+def description_loss(
+    image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor
+) -> torch.Tensor:
+    """One L_D term (seed 002 Eq. 5): this rank's images against the description embeddings of the global batch,
+    gathered from every rank with their gradients; pairs with the same description are positive. Summed over the
+    pairs and divided by this rank's images (Alg. 1): DDP's mean over ranks is then the one-process loss."""
+    all_text, all_ids = global_batch(text.float()), global_batch(ids)
+    return siglip_loss(image, all_text, ids[:, None] == all_ids[None, :], scale, bias)
+
+
+def separation_loss(label_features: torch.Tensor, reduction: str) -> torch.Tensor:
+    """L_S = ‖cos(U, Uᵀ) − I‖²_F: ``sum`` of the C² squared entries (Eq. 4) or their ``mean`` (App. D, Alg. 1)."""
+    unit = F.normalize(label_features.float(), dim=-1)
+    squared = (unit @ unit.T - torch.eye(len(unit), device=unit.device)).pow(2)
+    return squared.sum() if reduction == "sum" else squared.mean()
+
+
+DESCRIPTIONS = {"face": ("face_description", "l_d_face"), "environment": ("environment_description", "l_d_env")}
+TABLE5 = "seed 002 Table 5 (the ablation)"
+TABLE5_ROWS = {
+    ("face", "environment"): "seed 002 Table 5 row 4: L_C + CLAM + L_D-Face + L_D-Env, the full SD² (mAUC 87.79)",
+    ("face",): "seed 002 Table 5 row 3: L_C + CLAM + L_D-Face, no L_D-Env (mAUC 84.34)",
+    (): "seed 002 Table 5 row 2: L_C + CLAM, no L_D (mAUC 81.84)",
+}
+
+
+def sd2_ablation(terms: tuple[str, ...]) -> str:
+    """Which row of the paper's ablation a recipe's L_D terms are (CLAM is always on here, so never row 1)."""
+    key = tuple(t for t in DESCRIPTIONS if t in terms)
+    return TABLE5_ROWS.get(key, f"not a row of {TABLE5}: L_C + CLAM + L_D-Env without L_D-Face")
+
+
 @OBJECTIVES.register("sd2")
 class Sd2Objective(Objective):
-    """Seed 002 Eq. 6: α·L_C + L_S + L_D, with one text label per class sampled per batch (§4.2)."""
+    """Seed 002 Eq. 6: α·L_C + L_S + L_D, with one text label per class sampled per (global) batch (§4.2) and L_D's
+    negatives the whole global batch (§4.3)."""
 
     def __init__(self, detector: nn.Module, recipe: Recipe, seed: int = 0) -> None:
         super().__init__(detector, recipe, seed)
         self.generator = torch.Generator().manual_seed(seed)
 
-    def _description_loss(self, features: torch.Tensor, texts: list[str]) -> torch.Tensor | None:
-        keep = [i for i, t in enumerate(texts) if t]
-        if len(keep) < 2:
-            return None
-        kept = [texts[i] for i in keep]
-        same = torch.tensor([[a == b for b in kept] for a in kept], device=features.device)
-        text = self.detector.encode_text(self.detector.tokenize(kept))
-        return siglip_loss(features[keep], text, same, self.detector.logit_scale.exp(), self.detector.logit_bias)
+    @classmethod
+    def check_data(cls, recipe: Recipe, rows: Sequence[Any]) -> None:
+        """Refuse training rows without the descriptions the recipe's L_D terms need."""
+        terms = recipe.train.sd2_loss.description_terms
+        for term in terms:
+            column = DESCRIPTIONS[term][0]
+            missing = sum(1 for row in rows if not getattr(row, column))
+            if missing:
+                rest = tuple(t for t in terms if t != term)
+                raise ValueError(
+                    f"recipe {recipe.name!r}: {missing} of {len(rows)} training rows have no {column}, which L_D "
+                    f"needs (seed 002 §4.3); add them, or train without the term (train.sd2_loss.description_terms: "
+                    f"{list(rest)}, {sd2_ablation(rest)})"
+                )
+
+    @classmethod
+    def run_notes(cls, recipe: Recipe) -> dict[str, Any]:
+        spec = recipe.train.sd2_loss
+        return {
+            "ablation": sd2_ablation(spec.description_terms),
+            "separation_reduction": spec.separation_reduction,
+            # per image and L_D term: the rest of the global micro-batch (gradient accumulation adds none)
+            "description_negatives": recipe.train.batch_size - 1 if spec.description_terms else 0,
+        }
+
+    def _label_tokens(self, device: torch.device) -> torch.Tensor:
+        """This batch's label per class: rank 0's draw on every rank, so the global batch shares one label set."""
+        picks = broadcast_from_main(self.detector.sample_label_indices(self.generator).to(device))
+        return self.detector.label_tokens_at(picks.cpu())
+
+    def _description_loss(self, features: torch.Tensor, texts: list[str], column: str) -> torch.Tensor:
+        if not all(texts):
+            raise ValueError(f"a training batch has no {column} for an image; L_D needs one for every image")
+        d = self.detector
+        text = d.encode_text(d.tokenize(texts))
+        return description_loss(features, text, text_ids(texts, features.device), d.logit_scale.exp(), d.logit_bias)
 
     def forward(self, batch: Batch, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
         spec, d = self.recipe.train.sd2_loss, self.detector
         features = d.image_features(batch["pixels"])
-        labels = d.encode_text(d.sample_label_tokens(self.generator))
+        labels = d.encode_text(self._label_tokens(features.device))
         l_c = F.cross_entropy(d.class_logits(features, labels).float(), batch["target"].long())
-        unit = F.normalize(labels.float(), dim=-1)
-        l_s = (unit @ unit.T - torch.eye(len(unit), device=unit.device)).pow(2).sum()
+        l_s = separation_loss(labels, spec.separation_reduction)
         loss, parts = spec.alpha * l_c + spec.separation * l_s, {"l_c": l_c.item(), "l_s": l_s.item()}
-        for key, name in (("face_description", "l_d_face"), ("environment_description", "l_d_env")):
-            l_d = self._description_loss(features.float(), list(batch[key]))
-            if l_d is not None:
-                loss = loss + spec.description * l_d
-                parts[name] = l_d.item()
+        for term in spec.description_terms:
+            column, name = DESCRIPTIONS[term]
+            l_d = self._description_loss(features.float(), list(batch[column]), column)
+            loss = loss + spec.description * l_d
+            parts[name] = l_d.item()
         return loss, parts
 
     @staticmethod

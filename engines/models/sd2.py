@@ -74,10 +74,17 @@ class Sd2Detector(nn.Module):
     def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return clam_image_features(self.clip.visual, self.clam, pixels)
 
+    def sample_label_indices(self, generator: torch.Generator) -> torch.Tensor:
+        """Which label of each class to use: one per class, drawn at random (once per batch, §4.2)."""
+        return torch.cat([torch.randint(len(tokens), (1,), generator=generator) for tokens in self.label_tokens])
+
+    def label_tokens_at(self, indices: torch.Tensor) -> torch.Tensor:
+        """The tokens of label ``indices[c]`` of each class c."""
+        return torch.stack([tokens[int(i)] for tokens, i in zip(self.label_tokens, indices, strict=True)])
+
     def sample_label_tokens(self, generator: torch.Generator) -> torch.Tensor:
         """One label per class, drawn at random (once per batch, §4.2)."""
-        picks = [tokens[torch.randint(len(tokens), (1,), generator=generator)] for tokens in self.label_tokens]
-        return torch.cat(picks)
+        return self.label_tokens_at(self.sample_label_indices(generator))
 
     def class_logits(self, image_features: torch.Tensor, label_features: torch.Tensor) -> torch.Tensor:
         return scaled_cosine(self.logit_scale, image_features, label_features)
