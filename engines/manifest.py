@@ -10,6 +10,10 @@ it came from by ``name``, ``version`` and ``artifact_sha256``. Schema changes bu
   ``[low, high)`` of calibrated P(fake) around ``threshold`` where the engine does not reach the band's target
   precision on validation; the daemon labels such media ``uncertain`` (``trainer rebuild-engine
   --uncertain-precision``, chosen by ``trainer.band``).
+  ``input.interpolation`` (still schema 2): the resize filter, ``bicubic`` in the paper recipes; manifests written
+  before it existed have none and resize ``bilinear``, as their engines were built and checked.
+  Optional ``backbone_activation`` (still schema 2; older manifests load with None): the MLP activation of the
+  backbone's transformer blocks as built, ``quick_gelu`` where OpenAI CLIP weights need it (``engines.models``).
 """
 
 from __future__ import annotations
@@ -148,6 +152,9 @@ class EngineManifest(_Frozen):
     calibration: Calibration = Calibration()
     threshold: float = Field(default=0.5, ge=0.0, le=1.0, description="operating threshold on calibrated P(fake)")
     uncertain_band: UncertainBand | None = Field(default=None, description="P(fake) labelled uncertain; None: none")
+    backbone_activation: str | None = Field(
+        default=None, description="the backbone blocks' activation as built (quick_gelu, gelu, …); None: unknown"
+    )
     evaluation: dict[str, float | int | str] = Field(default_factory=dict)
     built_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 

@@ -2,7 +2,8 @@
 
 Everything that shapes pixels is an ``InputContract``: it is written into the engine manifest when an
 engine is built and the daemon reads it from there only, so training and serving cannot drift apart.
-The maths runs in torch so the same code serves CPU and GPU tensors.
+The maths runs in torch so the same code serves CPU and GPU tensors: the resize filter (``interpolation``, always
+antialiased) is torch's on both, and the GPU decoder (``engines.dali``) hands over full-size frames, never resized.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 ResizeMode = Literal["squash", "shorter_center_crop", "longest_pad"]
 CropMode = Literal["face", "full"]
+Interpolation = Literal["bilinear", "bicubic"]
 
 
 class InputContract(BaseModel):
@@ -32,25 +34,33 @@ class InputContract(BaseModel):
     mean: tuple[float, float, float] = Field(default=(0.5, 0.5, 0.5), description="in the engine's channel order")
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     color_order: Literal["RGB", "BGR"] = "RGB"
+    interpolation: Interpolation = Field(
+        default="bilinear",
+        description="antialiased resize filter; bicubic is open_clip's for its pretrained towers. Bilinear when "
+        "absent: what every engine built before this field resized with",
+    )
 
 
-def _resize(chw: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    return F.interpolate(chw[None], size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
+def _resize(chw: torch.Tensor, height: int, width: int, interpolation: Interpolation) -> torch.Tensor:
+    return F.interpolate(chw[None], size=(height, width), mode=interpolation, antialias=True, align_corners=False)[0]
 
 
-def fit_to_square(chw: torch.Tensor, size: int, mode: ResizeMode) -> torch.Tensor:
-    """Resize a float CHW image to ``size``×``size`` by the contract's rule.
+def fit_to_square(
+    chw: torch.Tensor, size: int, mode: ResizeMode, interpolation: Interpolation = "bilinear"
+) -> torch.Tensor:
+    """Resize a float CHW image to ``size``×``size`` by the contract's rule, with the contract's filter.
 
     ``squash`` ignores the aspect ratio; ``shorter_center_crop`` scales the shorter side to ``size``
     and crops the centre; ``longest_pad`` scales the longer side to ``size`` and pads the rest with
-    zeros (black), keeping the image centred.
+    zeros (black), keeping the image centred. Bicubic overshoots past [0, 1]; ``preprocess_image`` clamps, as a
+    uint8 PIL resize does. Masks keep the bilinear default (they are thresholded at 0.5 after it).
     """
     _, h, w = chw.shape
     if mode == "squash":
-        return _resize(chw, size, size)
+        return _resize(chw, size, size, interpolation)
     scale = size / min(h, w) if mode == "shorter_center_crop" else size / max(h, w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    resized = _resize(chw, nh, nw)
+    resized = _resize(chw, nh, nw, interpolation)
     if mode == "shorter_center_crop":
         top, left = (nh - size) // 2, (nw - size) // 2
         return resized[:, top : top + size, left : left + size]
@@ -67,7 +77,7 @@ def preprocess_image(rgb: np.ndarray | torch.Tensor, contract: InputContract) ->
     chw = hwc.permute(2, 0, 1).float().div(255.0)  # not div_: .float() of a float32 input is the caller's memory
     if contract.color_order == "BGR":
         chw = chw.flip(0)
-    chw = fit_to_square(chw, contract.size, contract.resize_mode).clamp_(0.0, 1.0)
+    chw = fit_to_square(chw, contract.size, contract.resize_mode, contract.interpolation).clamp_(0.0, 1.0)
     mean = torch.tensor(contract.mean, dtype=chw.dtype, device=chw.device)[:, None, None]
     std = torch.tensor(contract.std, dtype=chw.dtype, device=chw.device)[:, None, None]
     return (chw - mean) / std

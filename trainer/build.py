@@ -21,6 +21,7 @@ from torch import nn
 from deepsift.engines.backends import BACKENDS, BackendOptions, LoadedEngine
 from deepsift.engines.errors import EngineError
 from deepsift.engines.manifest import BackendSpec, BatchRange, Calibration, EngineManifest, sha256_file
+from deepsift.engines.models.backbones import tower_activation
 from deepsift.engines.recipes import Recipe
 from deepsift.engines.store import EngineStore
 from deepsift.trainer.artifacts import BACKEND_BUILDS, ONNX_ARTIFACT, Exported
@@ -173,6 +174,7 @@ def _manifest(
         artifact=artifact.name,
         artifact_sha256=sha256_file(artifact),
         weights_sha256=weights_sha256(model),
+        backbone_activation=tower_activation(model),
         **fields,
     )
 

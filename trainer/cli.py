@@ -11,6 +11,7 @@ from typing import Any
 
 from deepsift.engines.cliargs import finish_parser
 from deepsift.engines.errors import DeepsiftError
+from deepsift.trainer.datasets_cli import add_import_dataset_command
 from deepsift.trainer.logs import add_log_option, configure_logs
 from deepsift.trainer.reviewed_cli import add_export_reviews_command
 
@@ -120,7 +121,7 @@ def cmd_import_folders(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from deepsift.trainer.prepare import prepare
 
-    summary = prepare(args.data, args.out, _recipe(args).input, frames=args.frames)
+    summary = prepare(args.data, args.out, _recipe(args).input, frames=args.frames, precropped=args.precropped)
     print(
         f"{summary.media} media → {summary.crops} crops in {summary.manifest} "
         f"({summary.without_face} without a face, {summary.failed} failed)"
@@ -291,6 +292,7 @@ def _add_prepare(commands: Commands) -> None:
     prep.add_argument("--recipe", required=True, help="recipe whose input contract (crop mode, margin) applies")
     prep.add_argument("--out", type=Path, required=True, help="folder for the prepared pixels and their manifest")
     prep.add_argument("--frames", type=int, default=32, help="evenly spaced frames per video (SD²: 32)")
+    prep.add_argument("--precropped", action="store_true", help="media are face crops already (seed 001): kept whole")
     prep.set_defaults(handler=cmd_prepare)
 
 
@@ -321,7 +323,7 @@ def _add_evaluate(commands: Commands) -> None:
     ev.add_argument("--run", type=Path, help="a run folder from `trainer fit` or `trainer fewshot`")
     ev.add_argument("--recipe", help="instead of --run: a recipe …")
     ev.add_argument("--checkpoint", type=Path, help="… and a detector state_dict")
-    ev.add_argument("--threshold", type=float, help="operating threshold (default: the run's, else 0.5)")
+    ev.add_argument("--threshold", type=float, help="a second set of figures at it (default: the run's, from val)")
     ev.add_argument("--aggregation", default="mean", help="video rule, as the daemon's: mean, max, topk:F, quantile:Q")
     ev.add_argument(
         "--min-track-fraction", type=float, default=0.1, help="face tracks seen in fewer frames cannot decide"
@@ -355,7 +357,7 @@ def _add_engines(commands: Commands) -> None:
 # The sub-commands in the order ``trainer --help`` lists them.
 SUBCOMMANDS: tuple[Callable[[Commands], None], ...] = (
     _add_recipes, _add_demo, _add_build_engine, _add_rebuild_engine, _add_import_folders, _add_prepare, _add_fit,
-    _add_evaluate, _add_fewshot, add_export_reviews_command, _add_engines,
+    _add_evaluate, _add_fewshot, add_export_reviews_command, add_import_dataset_command, _add_engines,
 )  # fmt: skip
 
 

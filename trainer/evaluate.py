@@ -1,5 +1,13 @@
 """Evaluation: run a detector over a dataset split and report the papers' metrics — image level, per class,
-tamper masks, and video level by aggregating frames with the daemon's own ``engines.aggregate``."""
+tamper masks, and video level by aggregating frames with the daemon's own ``engines.aggregate``.
+
+Accuracy, F1 and DCF depend on how scores become decisions, so each set of them names its rule. The first is the
+rule of the recipe's paper (``paper_rule``), so the figures compare with its tables: P(fake) >= 0.5 for seed 000's
+binary detector and seed 001; "fake when REAL is not the arg-max class" for multi-class detectors (SD², seed 002
+§5.1; the 3-class SIDA head of seed 000 §2.2); the validation-chosen threshold for precision of the few-shot
+detector (seed 000 §2.3.2). A threshold tuned on validation (the run's, as an engine ships it) gives a second,
+labelled set, ``at_validation_threshold``.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ from deepsift.engines.aggregate import AggregationRule, ScoredItem, aggregate
 from deepsift.engines.recipes import Recipe
 from deepsift.trainer.data import ManifestDataset
 from deepsift.trainer.logs import progress_of
-from deepsift.trainer.metrics import CostModel, MaskCounts, detection_report, multiclass_report
+from deepsift.trainer.metrics import CostModel, MaskCounts, decision_report, multiclass_report, scored_report
 from deepsift.trainer.objectives import OBJECTIVES
 
 
@@ -108,23 +116,70 @@ def video_scores(
     return ids, np.asarray(truth), np.asarray(scores)
 
 
+@dataclass(frozen=True)
+class DecisionRule:
+    """How a detector's outputs become fake/real decisions, stated in words beside the figures it gives."""
+
+    statement: str
+    threshold: float | None = None  # None: fake when the real class is not the arg-max of the class probabilities
+
+    def flagged(self, p_fake: np.ndarray, class_probs: np.ndarray, real_index: int) -> np.ndarray:
+        if self.threshold is None:
+            return np.asarray(class_probs).argmax(axis=1) != real_index
+        return np.asarray(p_fake) >= self.threshold
+
+    def fields(self) -> dict[str, object]:
+        return {"rule": self.statement, "threshold": self.threshold}
+
+
+ARGMAX_RULE = DecisionRule(
+    "fake when REAL is not the arg-max class (seed 002 §5.1; seed 000 §2.2 decides its 3 classes by arg-max)"
+)
+VIDEO_OF_ARGMAX_RULE = DecisionRule(
+    "aggregated P(fake) >= 0.5 (the arg-max rule needs class probabilities; videos have an aggregated P(fake))", 0.5
+)
+
+
+def paper_rule(recipe: Recipe, validation_threshold: float | None = None) -> DecisionRule:
+    """The rule the recipe's paper reports accuracy/F1/DCF at; the few-shot rule is a threshold chosen on validation
+    (``validation_threshold``, the run's), 0.5 where none is known."""
+    if recipe.task.kind == "multiclass":
+        return ARGMAX_RULE
+    if recipe.fewshot is not None and validation_threshold is not None:
+        return DecisionRule(
+            f"P(fake) >= {validation_threshold:.4f}, chosen on validation for precision >= "
+            f"{recipe.fewshot.min_precision} (seed 000 §2.3.2)",
+            validation_threshold,
+        )
+    if recipe.fewshot is not None:
+        return DecisionRule("P(fake) >= 0.5: no validation-chosen threshold (seed 000 §2.3.2) was given", 0.5)
+    return DecisionRule("P(fake) >= 0.5 (seed 000 §2.1, one sigmoid logit; seed 001)", 0.5)
+
+
 def evaluation_report(
     recipe: Recipe,
     dataset: ManifestDataset,
     predictions: DatasetPredictions,
     *,
-    threshold: float = 0.5,
+    threshold: float | None = None,
+    threshold_source: str = "the run's, chosen on the validation split",
     aggregation: str = "mean",
     min_track_fraction: float = 0.1,
     cost: CostModel | None = None,
 ) -> dict[str, object]:
-    """The JSON report: ``image`` (binary fake-vs-real), ``classes`` (multi-class), ``masks``, ``video``."""
+    """The JSON report: ``image`` (binary fake-vs-real) and ``video`` at the paper's rule, ``classes`` (multi-class),
+    ``masks``; with a validation-chosen ``threshold`` (from ``threshold_source``) also ``at_validation_threshold``,
+    the decision figures at it."""
     cost = cost or CostModel()
+    rule = paper_rule(recipe, threshold)
+    real_index = recipe.task.class_names.index(recipe.task.real_class)
+    flagged = rule.flagged(predictions.p_fake, predictions.class_probs, real_index)
     report: dict[str, object] = {
         "recipe": recipe.name,
         "recipe_sha256": recipe.sha256,
         "cost_model": vars(cost),
-        "image": detection_report(predictions.fake, predictions.p_fake, threshold, cost),
+        "decision_rule": rule.statement,
+        "image": scored_report(predictions.fake, predictions.p_fake, flagged, cost) | rule.fields(),
     }
     if recipe.task.kind == "multiclass":
         report["classes"] = multiclass_report(predictions.targets, predictions.class_probs, recipe.task.class_names)
@@ -134,11 +189,20 @@ def evaluation_report(
         dataset, predictions.p_fake, AggregationRule.parse(aggregation), min_track_fraction
     )
     if ids:
+        video_rule = VIDEO_OF_ARGMAX_RULE if rule.threshold is None else rule
         report["video"] = {
             "aggregation": aggregation,
             "min_track_fraction": min_track_fraction,
-            **detection_report(truth, scores, threshold, cost),
+            **scored_report(truth, scores, scores >= (video_rule.threshold or 0.0), cost),
+            **video_rule.fields(),
         }
+    if threshold is not None and threshold != rule.threshold:
+        tuned = DecisionRule(f"P(fake) >= {threshold:.4f}, {threshold_source}", threshold)
+        second: dict[str, object] = tuned.fields()
+        second["image"] = decision_report(predictions.fake, predictions.p_fake >= threshold, cost)
+        if ids:
+            second["video"] = decision_report(truth, scores >= threshold, cost)
+        report["at_validation_threshold"] = second  # decision figures only: no threshold moves AUC, AP or EER
     return report
 
 

@@ -2,8 +2,9 @@
 
 Binary scores are P(fake) with label 1 = fake. EER is where the false-accept and false-reject rates cross
 on the ROC curve. DCF (seed 001 Table III) is the detection cost C_miss·P_miss·P_fake + C_fa·P_fa·(1 − P_fake)
-at the operating threshold; seed 001 does not state its parameters, and with C_miss = C_fa = 1 and P_fake = 0.5
-(the defaults here) its DCF of 0.0876 sits next to its EER of 8.73%, as this definition implies.
+of the decisions a stated rule makes (``trainer.evaluate.paper_rule``, or a threshold); seed 001 does not state
+its parameters, and with C_miss = C_fa = 1 and P_fake = 0.5 (the defaults here) its DCF of 0.0876 sits next to its
+EER of 8.73%, as this definition implies.
 """
 
 from __future__ import annotations
@@ -28,18 +29,29 @@ def _two_classes(y: np.ndarray) -> bool:
     return len(np.unique(y)) == 2
 
 
-def binary_metrics(y_true: np.ndarray, p_fake: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """ROC-AUC, AP, accuracy, balanced accuracy and macro F1 at ``threshold`` (label 1 = fake)."""
+def ranking_metrics(y_true: np.ndarray, p_fake: np.ndarray) -> dict[str, float]:
+    """ROC-AUC and AP: figures of the scores alone, at no decision rule (NaN with one class)."""
     y_true = np.asarray(y_true).astype(int)
-    y_pred = (np.asarray(p_fake) >= threshold).astype(int)
     both_classes = _two_classes(y_true)
     return {
         "roc_auc": float(metrics.roc_auc_score(y_true, p_fake)) if both_classes else float("nan"),
         "average_precision": float(metrics.average_precision_score(y_true, p_fake)) if both_classes else float("nan"),
+    }
+
+
+def decision_metrics(y_true: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy and macro F1 of fake/real decisions (``flagged``: called fake)."""
+    y_true, y_pred = np.asarray(y_true).astype(int), np.asarray(flagged).astype(int)
+    return {
         "accuracy": float(metrics.accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(metrics.balanced_accuracy_score(y_true, y_pred)),
         "f1_macro": float(metrics.f1_score(y_true, y_pred, average="macro")),
     }
+
+
+def binary_metrics(y_true: np.ndarray, p_fake: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """ROC-AUC, AP, accuracy, balanced accuracy and macro F1 at ``threshold`` (label 1 = fake)."""
+    return ranking_metrics(y_true, p_fake) | decision_metrics(y_true, np.asarray(p_fake) >= threshold)
 
 
 def youden_threshold(y_true: np.ndarray, p_fake: np.ndarray) -> float:
@@ -64,8 +76,12 @@ def equal_error_rate(y_true: np.ndarray, p_fake: np.ndarray) -> tuple[float, flo
 
 def detection_cost(y_true: np.ndarray, p_fake: np.ndarray, threshold: float, cost: CostModel = CostModel()) -> float:
     """DCF at ``threshold``: C_miss·P_miss·P_fake + C_fa·P_fa·(1 − P_fake); a miss is a fake scored below it."""
-    y = np.asarray(y_true).astype(int)
-    flagged = np.asarray(p_fake) >= threshold
+    return decision_cost(y_true, np.asarray(p_fake) >= threshold, cost)
+
+
+def decision_cost(y_true: np.ndarray, flagged: np.ndarray, cost: CostModel = CostModel()) -> float:
+    """DCF of fake/real decisions: a miss is a fake not flagged, a false alarm a real one flagged."""
+    y, flagged = np.asarray(y_true).astype(int), np.asarray(flagged, dtype=bool)
     p_miss = float(np.mean(~flagged[y == 1])) if (y == 1).any() else 0.0
     p_fa = float(np.mean(flagged[y == 0])) if (y == 0).any() else 0.0
     return cost.c_miss * p_miss * cost.p_fake + cost.c_fa * p_fa * (1 - cost.p_fake)
@@ -85,25 +101,38 @@ def threshold_for_precision(y_true: np.ndarray, p_fake: np.ndarray, min_precisio
     return float(thresholds[ok[0]]) if len(ok) else None
 
 
-def detection_report(
-    y_true: np.ndarray, p_fake: np.ndarray, threshold: float, cost: CostModel = CostModel()
-) -> dict[str, object]:
-    """Every binary figure of the papers at one operating threshold, plus its confusion matrix."""
-    y = np.asarray(y_true).astype(int)
-    y_pred = (np.asarray(p_fake) >= threshold).astype(int)
-    found: dict[str, object] = dict(binary_metrics(y, p_fake, threshold))
+def decision_report(y_true: np.ndarray, flagged: np.ndarray, cost: CostModel = CostModel()) -> dict[str, object]:
+    """The papers' figures of one set of fake/real decisions: accuracy, balanced accuracy, macro and fake-class
+    precision/recall/F1, DCF and the confusion matrix (rows truth real/fake, columns decided real/fake)."""
+    y, y_pred = np.asarray(y_true).astype(int), np.asarray(flagged).astype(int)
+    found: dict[str, object] = dict(decision_metrics(y, y_pred))
     precision, recall, f1, _ = metrics.precision_recall_fscore_support(y, y_pred, average="macro", zero_division=0)
     found |= {"precision_macro": float(precision), "recall_macro": float(recall), "f1_macro": float(f1)}
     found["precision_fake"] = float(metrics.precision_score(y, y_pred, zero_division=0))
     found["recall_fake"] = float(metrics.recall_score(y, y_pred, zero_division=0))
-    if _two_classes(y):
-        found["eer"], found["eer_threshold"] = equal_error_rate(y, p_fake)
-        found["min_dcf"] = minimum_detection_cost(y, p_fake, cost)
-    found["dcf"] = detection_cost(y, p_fake, threshold, cost)
-    found["threshold"] = threshold
+    found["dcf"] = decision_cost(y, y_pred, cost)
     found["confusion_matrix"] = metrics.confusion_matrix(y, y_pred, labels=[0, 1]).tolist()
     found["n"] = len(y)
     return found
+
+
+def detection_report(
+    y_true: np.ndarray, p_fake: np.ndarray, threshold: float, cost: CostModel = CostModel()
+) -> dict[str, object]:
+    """Every binary figure of the papers at one operating threshold, plus its confusion matrix."""
+    return scored_report(y_true, p_fake, np.asarray(p_fake) >= threshold, cost) | {"threshold": threshold}
+
+
+def scored_report(
+    y_true: np.ndarray, p_fake: np.ndarray, flagged: np.ndarray, cost: CostModel = CostModel()
+) -> dict[str, object]:
+    """The score figures (ROC-AUC, AP, EER, minimum DCF) with the figures of the decisions ``flagged``."""
+    y = np.asarray(y_true).astype(int)
+    found: dict[str, object] = dict(ranking_metrics(y, p_fake))
+    if _two_classes(y):
+        found["eer"], found["eer_threshold"] = equal_error_rate(y, p_fake)
+        found["min_dcf"] = minimum_detection_cost(y, p_fake, cost)
+    return found | decision_report(y, flagged, cost)
 
 
 def multiclass_report(y_true: np.ndarray, class_probs: np.ndarray, class_names: Sequence[str]) -> dict[str, object]:

@@ -5,6 +5,11 @@ Videos are decoded into evenly spaced frames (32 by default, as SD² Appendix A.
 contract's margin by ``engines.faces`` — the same functions the daemon calls — so a detector trains on the pixels
 it will be served. Images are one-frame media. Media without a face above the contract's confidence are left out
 and counted, as the daemon abstains on them.
+
+Datasets whose images are face crops already (seed 001's DFWild-Cup, DeepfakeBench's cropped frames) are prepared
+with ``precropped``: each image, or each sampled frame, is kept whole as the face crop and no face is searched for,
+so nothing is cropped twice and no tight crop is dropped for a face MTCNN cannot find in it. The recipe keeps its
+``face`` contract: served media are cropped once, by the daemon, with the contract's margin.
 """
 
 from __future__ import annotations
@@ -51,10 +56,14 @@ def prepare(
     frames: int = 32,
     detector: FaceDetector | None = None,
     log: Callable[[str], None] = print,
+    precropped: bool = False,
 ) -> PrepareSummary:
-    """Write crops (face mode) or sampled frames (full mode) of every row, and ``out/manifest.jsonl``."""
+    """Write crops (face mode) or sampled frames (full mode, or ``precropped`` face crops) of every row, and
+    ``out/manifest.jsonl``."""
     root, rows_out = Path(manifest).parent, []
-    detector = detector or MtcnnFaceDetector(min_confidence=contract.min_face_confidence)
+    find_faces = contract.crop_mode == "face" and not precropped
+    if find_faces:
+        detector = detector or MtcnnFaceDetector(min_confidence=contract.min_face_confidence)
     rows = read_manifest(manifest)
     decode = DECODERS.get("pyav")(DecoderOptions())
     without_face = failed = 0
@@ -67,8 +76,8 @@ def prepare(
             continue
         video_id = row.video_id or Path(row.path).with_suffix("").as_posix()
         stem = f"{row.split}/{n:06d}"
-        if contract.crop_mode == "face":
-            crops = crop_faces(media.frames, detector, contract.face_margin)
+        if find_faces:
+            crops = crop_faces(media.frames, detector, contract.face_margin)  # type: ignore[arg-type]
             without_face += not crops
             items = [
                 (c.frame_index, c.track_id, c.rgb, _mask_crop(root, row, c.box, contract.face_margin)) for c in crops

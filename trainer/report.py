@@ -56,11 +56,14 @@ def evaluate_run(options: EvaluateOptions) -> dict[str, object]:
     detector.to(device)
     dataset = dataset_for(options.data, options.split, recipe)  # type: ignore[arg-type]
     predictions = predict_dataset(detector, recipe, dataset, device=device, progress=f"evaluate {options.split}")
-    threshold = options.threshold if options.threshold is not None else (run_threshold or 0.5)
+    given = options.threshold is not None
+    threshold = options.threshold if given else run_threshold
+    source = "given with --threshold" if given else "the run's, chosen on the validation split"
     report = evaluation_report(
-        recipe, dataset, predictions, threshold=threshold, aggregation=options.aggregation,
+        recipe, dataset, predictions, threshold=threshold, threshold_source=source, aggregation=options.aggregation,
         min_track_fraction=options.min_track_fraction, cost=CostModel(options.c_miss, options.c_fa, options.p_fake),
     )  # fmt: skip
+    threshold = report["image"]["threshold"] or threshold or 0.5  # plots mark the paper rule's, as its confusion
     report |= {"split": options.split, "data": str(options.data), "checkpoint": str(checkpoint)}
     options.out.mkdir(parents=True, exist_ok=True)
     confusion = report["classes"]["confusion_matrix"] if "classes" in report else report["image"]["confusion_matrix"]

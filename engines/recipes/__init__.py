@@ -62,6 +62,12 @@ class BackboneSpec(_Frozen):
     embed_dim: int | None = Field(default=None, description="output width, required with vision_cfg")
     image_size: int | None = Field(default=None, description="overrides the config's image size")
     weights: str | None = Field(default=None, description="local open_clip checkpoint (.safetensors/.bin/.pt) or dir")
+    weights_tag: str | None = Field(
+        default=None, description="open_clip pretrained tag the weights are (e.g. 'openai'): sets the activation"
+    )
+    quick_gelu: bool | None = Field(
+        default=None, description="QuickGELU towers (OpenAI CLIP weights); None: as weights_tag / the open_clip config"
+    )
     unfreeze_last_blocks: int = Field(default=0, ge=-1, description="0 = frozen tower, -1 = all blocks trainable")
     with_text: bool = Field(default=False, description="build the whole CLIP model (image and text towers)")
     text_cfg: dict[str, Any] | None = Field(default=None, description="inline open_clip CLIPTextCfg fields")
@@ -80,6 +86,8 @@ class BackboneSpec(_Frozen):
             raise ValueError("text_cfg belongs to an inline tower with_text")
         if self.lora is not None and not self.with_text:
             raise ValueError("lora is applied to CLIP towers built with_text")
+        if self.weights_tag is not None and self.open_clip is None:
+            raise ValueError("weights_tag names an open_clip pretrained tag of a named open_clip config")
         return self
 
 
@@ -154,11 +162,32 @@ class MaskLossSpec(_Frozen):
 
 
 class Sd2LossSpec(_Frozen):
-    """Seed 002 Eq. 6: α·L_C + L_S + L_D with α = 2."""
+    """Seed 002 Eq. 6: α·L_C + L_S + L_D with α = 2.
+
+    ``separation_reduction``: L_S reduces the C×C matrix cos(U, Uᵀ) − I by ``sum`` (Eq. 4, the squared Frobenius
+    norm) or ``mean`` (Appendix D, Alg. 1) — with five classes a 25× difference in L_S's weight. The shipped
+    recipes keep Eq. 4: the equation defines the loss and Eq. 6 weighs it 1, while Alg. 1 is a sketch
+    (its ``np.eye(B)`` stands for the C classes). ``description_terms``: the L_D terms trained (§4.3, face and
+    environment descriptions); data lacking a description a term needs is refused, and leaving a term out is an
+    ablation of Table 5 (``()`` its row 2: L_C + CLAM, no L_D)."""
 
     alpha: float = 2.0
     separation: float = 1.0
-    description: float = 1.0
+    separation_reduction: Literal["sum", "mean"] = Field(
+        default="sum", description="L_S over the C² entries: sum (Eq. 4) or mean (App. D, Alg. 1), 25x apart at C=5"
+    )
+    description: float = Field(default=1.0, ge=0.0, description="weight of each L_D term")
+    description_terms: tuple[Literal["face", "environment"], ...] = Field(
+        default=("face", "environment"), description="L_D terms trained; () is Table 5 row 2 (no L_D)"
+    )
+
+    @model_validator(mode="after")
+    def _one_switch_for_l_d(self) -> Sd2LossSpec:
+        if len(set(self.description_terms)) != len(self.description_terms):
+            raise ValueError(f"description_terms {self.description_terms} names a term twice")
+        if self.description == 0 and self.description_terms:
+            raise ValueError("turn L_D off with description_terms: [], not a zero description weight")
+        return self
 
 
 class AugmentSpec(_Frozen):
@@ -185,6 +214,9 @@ class TrainSpec(_Frozen):
     batch_size: int = 64
     epochs: int = 20
     schedule: Literal["cosine", "constant"] = "cosine"
+    schedule_note: str = Field(
+        default="", description="where the schedule comes from: the paper's section, or why, where it gives none"
+    )
     warmup_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     grad_accumulation: int = Field(default=1, ge=1)
     grad_clip: float = Field(default=0.0, ge=0.0, description="max gradient norm; 0 = off")

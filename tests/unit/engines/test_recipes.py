@@ -178,3 +178,40 @@ def test_an_ill_formed_backbone_is_rejected(tmp_path: Path, backbone: dict[str, 
     data = shipped_json("demo-tiny") | {"backbone": backbone}
     with pytest.raises(ValidationError):
         load_recipe(write_recipe(tmp_path / "r.json", data))
+
+
+def test_the_hidf_recipe_is_the_l16_one() -> None:
+    # Seed 000 §2.3 adapts the HiDF detector's encoder with d = 1024: the recipe that claims HiDF is SigLIP-2 L/16
+    import open_clip
+
+    hidf = [load_recipe(n) for n in SHIPPED if "hidf" in load_recipe(n).description.lower()]
+    assert "siglip2-binary-l16-384" in [r.name for r in hidf]
+    for recipe in hidf:
+        assert recipe.backbone.open_clip is not None and "L-16-SigLIP2" in recipe.backbone.open_clip
+        assert open_clip.get_model_config(recipe.backbone.open_clip)["embed_dim"] == 1024
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if load_recipe(n).train.loss != "prototype"])
+def test_every_trained_recipe_states_its_schedule_and_where_it_comes_from(name: str) -> None:
+    # Given a shipped recipe trained by gradient, then its file names the schedule (no silent default) and a note
+    # says where it comes from, naming that same schedule
+    train = shipped_json(name)["train"]
+    assert "schedule" in train
+    note = train.get("schedule_note", "")
+    assert train["schedule"] in note.lower(), f"{name}: schedule_note {note!r} does not name {train['schedule']}"
+
+
+@pytest.mark.parametrize("name", ["clip-resnet101-fusion", "sd2-clip-l14"])
+def test_the_openai_clip_recipes_build_quick_gelu_towers(name: str) -> None:
+    # Seeds 001 and 002 start from OpenAI's CLIP, trained with QuickGELU: the recipes say so by open_clip's tag
+    from deepsift.engines.models.backbones import uses_quick_gelu
+
+    backbone = load_recipe(name).backbone
+    assert backbone.weights_tag == "openai" and uses_quick_gelu(backbone)
+
+
+def test_a_weights_tag_needs_a_named_open_clip_config(tmp_path: Path) -> None:
+    data = shipped_json("demo-tiny")
+    data["backbone"]["weights_tag"] = "openai"
+    with pytest.raises(ValidationError, match="weights_tag"):
+        load_recipe(write_recipe(tmp_path / "r.json", data))

@@ -149,7 +149,11 @@ def test_evaluate_writes_the_report_and_plots(forgery: Path, binary: Run, tmp_pa
     ):
         assert key in report["image"]
     assert report["video"]["n"] == len({r.video_id for r in read_manifest(forgery) if r.split == "test"})
-    assert report["image"]["threshold"] == json.loads((binary.out / "summary.json").read_text())["threshold"]
+    # at the paper's rule first (seed 000: P(fake) >= 0.5), then labelled at the run's validation-chosen threshold
+    assert report["image"]["threshold"] == 0.5 and "0.5" in report["image"]["rule"]
+    tuned = report["at_validation_threshold"]
+    assert tuned["threshold"] == json.loads((binary.out / "summary.json").read_text())["threshold"]
+    assert "validation" in tuned["rule"] and {"accuracy", "f1_macro", "dcf"} <= set(tuned["image"])
     for plot in ("roc.png", "pr.png", "confusion.png", "scores_by_class.png", "training_curves.png"):
         assert (tmp_path / plot).stat().st_size > 1000
 
