@@ -40,10 +40,14 @@ class Envelope:
 
     @property
     def submitted_at(self) -> datetime | None:
-        """``timestamp_ms`` as a UTC time; None when the delivery has none."""
+        """``timestamp_ms`` as a UTC time; None when the delivery has none, or one no date can hold (a producer sets
+        any 64-bit value: past year 9999 it is not a time, and it must not stop the persist stage)."""
         if self.timestamp_ms is None or self.timestamp_ms <= 0:
             return None
-        return datetime.fromtimestamp(self.timestamp_ms / 1000.0, UTC)
+        try:
+            return datetime.fromtimestamp(self.timestamp_ms / 1000.0, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
 
 
 @dataclass(frozen=True)

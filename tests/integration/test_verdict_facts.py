@@ -107,6 +107,20 @@ def test_daemon_run_stores_the_kafka_record_time_and_the_wait(
     assert shadow_id is not None and repository.get(shadow_id).submitted_at == stored.submitted_at
 
 
+@pytest.mark.parametrize("timestamp_ms", [2**63 - 1, 2**62, -1])
+def test_a_record_time_no_date_can_hold_is_stored_without_one(
+    db_engine: Engine, make_verdict: MakeVerdict, judge_config: JudgeConfig, timestamp_ms: int
+) -> None:
+    # Given a delivery whose producer set a timestamp past year 9999 (or before 1970)
+    repository = VerdictRepository(db_engine)
+    envelope = Envelope(Ticket("jobs", 0, 8, 0), b"k", b"{}", timestamp_ms, time.monotonic())
+    record = make_verdict(timings_ms={"decode": 1.0})
+    # When the persist stage stores its verdict, Then it is stored, without a submission time or waits
+    done = persist(Judged(Work(envelope, record.job_id, judge_config), record), _persist_context(repository))
+    stored = repository.get(done.verdict_id)
+    assert stored.submitted_at is None and "queue_wait" not in stored.timings_ms
+
+
 @pytest.fixture
 def judge_config() -> JudgeConfig:
     return JudgeConfig(frames_per_video=4, rule=Settings().aggregation_rule, min_track_fraction=0.2,
