@@ -50,10 +50,13 @@ class Item:
 @dataclass(frozen=True)
 class ImportOptions:
     """Per-dataset choices: FaceForensics++'s compression level (``raw``, ``c23``, ``c40``; default: the only one
-    present), and the class folder of real media in the generic folder layout."""
+    present), the class folder of real media in the generic folder layout, and where a dataset that embeds its
+    media (SID_Set's parquet) extracts them as files (``import_dataset`` names ``<manifest stem>-media`` beside the
+    manifest; importers that read files where they lie ignore it)."""
 
     compression: str | None = None
     real_class: str = "real"
+    media_dir: Path | None = None
 
 
 Importer = Callable[[Path, ImportOptions], list[Item]]

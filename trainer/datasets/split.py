@@ -52,6 +52,7 @@ class SplitSpec:
 
 
 PAPER_000 = SplitSpec(0.70, 0.15, 0.15)
+OFFICIAL = "official"  # ``--split official``: the dataset's own splits only, none carved (SID_Set as seed 000 §2.2)
 
 
 def _order(group: str, seed: int) -> bytes:
@@ -74,10 +75,16 @@ def deal_groups(sizes: dict[str, int], shares: dict[Split, float], seed: int) ->
     return dealt
 
 
-def assign_splits(items: list[Item], spec: SplitSpec | None, seed: int) -> tuple[list[Split], str]:
+def assign_splits(items: list[Item], spec: SplitSpec | str | None, seed: int) -> tuple[list[Split], str]:
     """Every item's split, and the protocol in words: ``spec`` re-deals all groups; without it the dataset's own
-    splits stay and the splits it lacks are carved, grouped, from its training items (module docstring)."""
-    if spec is not None:
+    splits stay and the splits it lacks are carved, grouped, from its training items (module docstring);
+    ``OFFICIAL`` keeps the dataset's own splits and carves nothing."""
+    if spec == OFFICIAL:
+        if any(i.split is None for i in items):
+            raise DatasetLayoutError("--split official: this dataset has media without a split of its own")
+        present = [s for s in SPLITS if any(i.split == s for i in items)]
+        return [i.split for i in items], f"the dataset's own splits only ({', '.join(present)}), none carved"
+    if isinstance(spec, SplitSpec):
         dealt = deal_groups(Counter(i.group for i in items), spec.shares(), seed)
         return [dealt[i.group] for i in items], f"seeded {spec} split (seed {seed}), grouped"
     official = {i.split for i in items} - {None}
