@@ -68,19 +68,29 @@ def fit_to_square(
     return F.pad(resized, (pad_left, size - nw - pad_left, pad_top, size - nh - pad_top))
 
 
-def preprocess_image(rgb: np.ndarray | torch.Tensor, contract: InputContract) -> torch.Tensor:
-    """One RGB uint8 HWC image → normalised float32 CHW tensor of the contract's size."""
+def resize_image(rgb: np.ndarray | torch.Tensor, contract: InputContract) -> torch.Tensor:
+    """One RGB uint8 HWC image → float32 RGB CHW in [0, 1] at the contract's size (the first half of
+    ``preprocess_image``; training augments between the halves where a recipe says so)."""
     # np.require copies only reversed/strided views (e.g. bgr[..., ::-1]) and read-only arrays (PIL's)
     hwc = torch.as_tensor(np.require(rgb, requirements=["C", "W"]) if isinstance(rgb, np.ndarray) else rgb)
     if hwc.ndim != 3 or hwc.shape[2] != 3:
         raise ValueError(f"expected an H×W×3 RGB image, got shape {tuple(hwc.shape)}")
     chw = hwc.permute(2, 0, 1).float().div(255.0)  # not div_: .float() of a float32 input is the caller's memory
+    return fit_to_square(chw, contract.size, contract.resize_mode, contract.interpolation).clamp_(0.0, 1.0)
+
+
+def normalize_image(chw: torch.Tensor, contract: InputContract) -> torch.Tensor:
+    """Float RGB CHW in [0, 1] → the engine's channel order, less the contract's mean, over its std."""
     if contract.color_order == "BGR":
         chw = chw.flip(0)
-    chw = fit_to_square(chw, contract.size, contract.resize_mode, contract.interpolation).clamp_(0.0, 1.0)
     mean = torch.tensor(contract.mean, dtype=chw.dtype, device=chw.device)[:, None, None]
     std = torch.tensor(contract.std, dtype=chw.dtype, device=chw.device)[:, None, None]
     return (chw - mean) / std
+
+
+def preprocess_image(rgb: np.ndarray | torch.Tensor, contract: InputContract) -> torch.Tensor:
+    """One RGB uint8 HWC image → normalised float32 CHW tensor of the contract's size."""
+    return normalize_image(resize_image(rgb, contract), contract)
 
 
 def preprocess_batch(images: Sequence[np.ndarray | torch.Tensor], contract: InputContract) -> np.ndarray | torch.Tensor:

@@ -20,7 +20,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict
 
 from deepsift.engines.decoders import DECODERS, DecoderOptions
-from deepsift.engines.preprocess import fit_to_square, preprocess_image
+from deepsift.engines.preprocess import fit_to_square, normalize_image, resize_image
 from deepsift.engines.recipes import Recipe, TaskSpec
 
 Split = Literal["train", "val", "test"]
@@ -149,8 +149,9 @@ def load_rgb(path: Path) -> np.ndarray:
 class ManifestDataset(torch.utils.data.Dataset):
     """Manifest rows → dicts of preprocessed pixels, class, fake flag, mask and descriptions for one recipe.
 
-    Augmentation (training only) runs on the decoded image before the shared preprocessing, so the pixels a
-    trained engine sees at serving time are shaped by exactly the same code.
+    Augmentation (training only) runs on the decoded image, or between the shared preprocessing's resize and its
+    normalisation (the recipe's ``augment.stage``), so the pixels a trained engine sees at serving time are shaped
+    by exactly the same code.
     """
 
     def __init__(self, rows: Sequence[ManifestRow], root: Path, recipe: Recipe, augment: Any = None) -> None:
@@ -170,15 +171,19 @@ class ManifestDataset(torch.utils.data.Dataset):
         row = self.rows[i]
         image = torch.from_numpy(np.require(load_rgb(self.root / row.path), requirements=["W"])).permute(2, 0, 1)
         mask, has_mask = self._mask(row, tuple(image.shape[1:]))
-        if self.augment is not None:
-            image, mask = self.augment(image, mask)
+        augment = self.augment
+        if augment is not None and augment.stage == "decoded":
+            image, mask = augment(image, mask)
         contract = self.recipe.input
-        mask = fit_to_square(mask.float(), contract.size, contract.resize_mode)[0] >= 0.5
+        resized = resize_image(image.permute(1, 2, 0), contract)
+        mask = fit_to_square(mask.float(), contract.size, contract.resize_mode) >= 0.5
+        if augment is not None and augment.stage == "resized":
+            resized, mask = augment(resized, mask)
         return {
-            "pixels": preprocess_image(image.permute(1, 2, 0), contract),
+            "pixels": normalize_image(resized, contract),
             "target": self.targets[i],
             "fake": float(row.label == "fake"),
-            "mask": mask.float(),
+            "mask": mask[0].float(),
             "has_mask": has_mask,
             "face_description": row.face_description,
             "environment_description": row.environment_description,

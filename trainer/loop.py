@@ -1,6 +1,7 @@
 """The training loop for every gradient-trained recipe: AdamW/Adam, cosine schedule with warmup, AMP (fp16 with a
 grad scaler on CUDA, bf16 anywhere), gradient accumulation and clipping, EMA, best checkpoint by the recipe's
-metric, resume, fixed seeds, progress bars, and DDP when started by ``torchrun``.
+metric, resume, fixed seeds, progress bars, progressive resizing (``trainer.progressive``), and DDP when started
+by ``torchrun``.
 
 What it writes is a run folder (``trainer.runs.RunFolder``): the best detector weights, a checkpoint to resume
 from, the training curves, the recipe, and last the summary (best figure, step, the validation-chosen threshold).
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from deepsift.engines.logs import json_logs
+from deepsift.engines.models.resolution import at_input_size, check_input_sizes
 from deepsift.engines.recipes import Recipe, TrainSpec
 from deepsift.trainer.augment import augmenter_for
 from deepsift.trainer.data import ManifestDataset
@@ -33,6 +35,7 @@ from deepsift.trainer.evaluate import autocast, evaluation_report, predict_datas
 from deepsift.trainer.logs import event
 from deepsift.trainer.metrics import youden_threshold
 from deepsift.trainer.objectives import OBJECTIVES, Objective
+from deepsift.trainer.progressive import resize_batch, stage_size
 from deepsift.trainer.runs import RunFolder
 
 
@@ -195,6 +198,7 @@ def fit(
             f"recipe {recipe.name!r} ({recipe.train.loss}) is not trained by gradients; see `trainer fewshot`"
         )
     objective_type.check_data(recipe, train.rows)
+    check_input_sizes(model, [stage.size for stage in recipe.train.progressive_resize])
     rank = Rank.from_env()
     device = rank_device(options.device, rank)
     seed_everything(options.seed + rank.rank)
@@ -224,6 +228,10 @@ def _train(run: _Run, training: _Training, state: dict[str, Any]) -> None:
         epoch, batch = next(batches)
         micro += 1
         syncing = micro % spec.grad_accumulation == 0
+        size = stage_size(run.recipe, state["step"] / training.total)
+        if rank.main and size != state.get("input_size"):
+            event("input_size", step=state["step"], size=size or run.recipe.input.size)
+        state["input_size"] = size
         running.append(_accumulate(run, training, batch, state["step"], syncing))
         if not syncing:
             continue
@@ -248,11 +256,13 @@ def _train(run: _Run, training: _Training, state: dict[str, Any]) -> None:
 def _accumulate(run: _Run, training: _Training, batch: dict[str, Any], step: int, syncing: bool) -> dict[str, float]:
     """Forward and backward one micro-batch; across ranks, gradients are summed on a step's last micro-batch only.
     The figures of the batch's loss."""
-    spec = run.recipe.train
+    spec, size = run.recipe.train, stage_size(run.recipe, step / training.total)
     training.model.train()
-    with training.module.no_sync() if run.rank.world > 1 and not syncing else nullcontext():
+    batch = resize_batch(to_device(batch, run.device), size, run.recipe)
+    unsynced = training.module.no_sync() if run.rank.world > 1 and not syncing else nullcontext()
+    with unsynced, at_input_size(training.model, size):  # a progressive_resize stage: towers read a smaller grid
         with autocast(spec.amp, run.device):
-            loss, parts = training.module(to_device(batch, run.device), step / training.total)
+            loss, parts = training.module(batch, step / training.total)
         training.scaler.scale(loss / spec.grad_accumulation).backward()
     return {"loss": loss.item(), **parts}
 

@@ -191,7 +191,13 @@ class Sd2LossSpec(_Frozen):
 
 
 class AugmentSpec(_Frozen):
-    """Training-time augmentations (seed 000 §2.2); probabilities per image. All off by default."""
+    """Training-time augmentations (seed 000 §2.2); probabilities per image. All off by default.
+
+    ``blur``, ``motion_blur`` and ``sharpen`` are one choice ("blur or sharpening", §2.2): at most one of them is
+    applied to an image, so their probabilities add up to at most 1. ``stage`` says which pixels are augmented:
+    the decoded image (``decoded``), or the model-size image after the contract's resize and pad (``resized``,
+    §2.2: "we first resized and padded ..., and then applied random image-level transformations").
+    """
 
     hflip: float = Field(default=0.0, ge=0.0, le=1.0)
     affine: float = Field(default=0.0, ge=0.0, le=1.0, description="mild rotation/scale/shift")
@@ -199,9 +205,28 @@ class AugmentSpec(_Frozen):
     jpeg: float = Field(default=0.0, ge=0.0, le=1.0)
     noise: float = Field(default=0.0, ge=0.0, le=1.0)
     color_jitter: float = Field(default=0.0, ge=0.0, le=1.0)
-    blur: float = Field(default=0.0, ge=0.0, le=1.0)
+    blur: float = Field(default=0.0, ge=0.0, le=1.0, description="Gaussian blur")
+    motion_blur: float = Field(default=0.0, ge=0.0, le=1.0, description="a straight-line blur, any angle")
     sharpen: float = Field(default=0.0, ge=0.0, le=1.0)
     clahe: float = Field(default=0.0, ge=0.0, le=1.0)
+    stage: Literal["decoded", "resized"] = "decoded"
+
+    @model_validator(mode="after")
+    def _one_filter(self) -> AugmentSpec:
+        if (total := self.blur + self.motion_blur + self.sharpen) > 1.0:
+            raise ValueError(f"blur + motion_blur + sharpen is {total:g}: they are one choice, at most 1 in all")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return any(v > 0 for k, v in self.model_dump().items() if k != "stage")
+
+
+class ResizeStage(_Frozen):
+    """One early stage of progressive resizing: train at ``size`` until ``until`` of the optimizer steps."""
+
+    until: float = Field(gt=0.0, lt=1.0, description="fraction of the optimizer steps at which the stage ends")
+    size: int = Field(gt=0, description="square input side of the stage, below the contract's size")
 
 
 class TrainSpec(_Frozen):
@@ -226,6 +251,16 @@ class TrainSpec(_Frozen):
     mask_loss: MaskLossSpec = MaskLossSpec()
     sd2_loss: Sd2LossSpec = Sd2LossSpec()
     augment: AugmentSpec = AugmentSpec()
+    progressive_resize: tuple[ResizeStage, ...] = Field(
+        default=(), description="lower-resolution stages before the contract's size (seed 000 §2.2); () = off"
+    )
+
+    @model_validator(mode="after")
+    def _stages_in_order(self) -> TrainSpec:
+        ends, sizes = [s.until for s in self.progressive_resize], [s.size for s in self.progressive_resize]
+        if ends != sorted(set(ends)) or sizes != sorted(set(sizes)):
+            raise ValueError(f"progressive_resize stages {self.progressive_resize} must grow in until and in size")
+        return self
 
 
 class Recipe(_Frozen):
@@ -243,6 +278,12 @@ class Recipe(_Frozen):
     clam: ClamSpec | None = None
     text_labels: TextLabelsSpec | None = None
     fewshot: FewShotSpec | None = None
+
+    @model_validator(mode="after")
+    def _stages_below_input(self) -> Recipe:
+        if any(s.size >= self.input.size for s in self.train.progressive_resize):
+            raise ValueError(f"progressive_resize sizes must be below the input size {self.input.size}")
+        return self
 
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))

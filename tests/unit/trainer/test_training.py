@@ -207,3 +207,20 @@ def test_two_processes_accumulate_gradients_over_micro_batches(forgery: Path, tm
     done = torchrun_fit(str(tmp_path / "accumulating.json"), forgery, tmp_path / "run", steps=2)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads((tmp_path / "run" / "history.json").read_text())[-1]["step"] == 2
+
+
+def test_two_processes_train_through_a_progressive_resize_stage(forgery: Path, tmp_path: Path) -> None:
+    # Given tiny-multitask at 32 px for the first of 2 steps (towers read a resampled position table under DDP)
+    recipe = load_recipe("tiny-multitask")
+    stages = [{"until": 0.5, "size": 32}]
+    recipe = Recipe.model_validate(
+        recipe.model_dump() | {"train": recipe.train.model_dump() | {"progressive_resize": stages}}
+    )
+    (tmp_path / "progressive.json").write_text(recipe.model_dump_json())
+
+    # When torchrun's two processes train 2 steps; Then both stages ran and the run finished
+    done = torchrun_fit(str(tmp_path / "progressive.json"), forgery, tmp_path / "run", steps=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [json.loads(line) for line in (done.stdout + done.stderr).splitlines() if line.startswith("{")]
+    assert [(e["step"], e["size"]) for e in lines if e["event"] == "input_size"] == [(0, 32), (1, 64)]
+    assert json.loads((tmp_path / "run" / "history.json").read_text())[-1]["step"] == 2
