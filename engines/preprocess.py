@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 ResizeMode = Literal["squash", "shorter_center_crop", "longest_pad"]
 CropMode = Literal["face", "full"]
 Interpolation = Literal["bilinear", "bicubic"]
+Rounding = Literal["nearest", "torchvision"]
 
 
 class InputContract(BaseModel):
@@ -39,30 +40,52 @@ class InputContract(BaseModel):
         description="antialiased resize filter; bicubic is open_clip's for its pretrained towers. Bilinear when "
         "absent: what every engine built before this field resized with",
     )
+    rounding: Rounding = Field(
+        default="nearest",
+        description="how the scaled side and the crop offset are rounded: nearest and floor (absent: every engine "
+        "built before this field), or as torchvision's Resize(int) and CenterCrop (truncated side, offset rounded "
+        "half to even), which OpenAI's and open_clip's CLIP transforms use",
+    )
 
 
 def _resize(chw: torch.Tensor, height: int, width: int, interpolation: Interpolation) -> torch.Tensor:
     return F.interpolate(chw[None], size=(height, width), mode=interpolation, antialias=True, align_corners=False)[0]
 
 
+def _scaled_sides(h: int, w: int, size: int, mode: ResizeMode, rounding: Rounding) -> tuple[int, int]:
+    """The image's sides once its shorter (``shorter_center_crop``) or longer side is ``size``."""
+    reference = min(h, w) if mode == "shorter_center_crop" else max(h, w)
+    if rounding == "torchvision":  # Resize(int): the reference side exact, the other truncated
+        return tuple(size if side == reference else max(1, int(size * side / reference)) for side in (h, w))
+    scale = size / reference
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def fit_to_square(
-    chw: torch.Tensor, size: int, mode: ResizeMode, interpolation: Interpolation = "bilinear"
+    chw: torch.Tensor,
+    size: int,
+    mode: ResizeMode,
+    interpolation: Interpolation = "bilinear",
+    rounding: Rounding = "nearest",
 ) -> torch.Tensor:
     """Resize a float CHW image to ``size``×``size`` by the contract's rule, with the contract's filter.
 
     ``squash`` ignores the aspect ratio; ``shorter_center_crop`` scales the shorter side to ``size``
     and crops the centre; ``longest_pad`` scales the longer side to ``size`` and pads the rest with
     zeros (black), keeping the image centred. Bicubic overshoots past [0, 1]; ``preprocess_image`` clamps, as a
-    uint8 PIL resize does. Masks keep the bilinear default (they are thresholded at 0.5 after it).
+    uint8 PIL resize does. Masks keep the bilinear default (they are thresholded at 0.5 after it) and the image's
+    ``rounding``, so they stay on its pixels.
     """
     _, h, w = chw.shape
     if mode == "squash":
         return _resize(chw, size, size, interpolation)
-    scale = size / min(h, w) if mode == "shorter_center_crop" else size / max(h, w)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    nh, nw = _scaled_sides(h, w, size, mode, rounding)
     resized = _resize(chw, nh, nw, interpolation)
     if mode == "shorter_center_crop":
-        top, left = (nh - size) // 2, (nw - size) // 2
+        if rounding == "torchvision":  # CenterCrop: int(round(x / 2)), Python's round (half to even)
+            top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)
+        else:
+            top, left = (nh - size) // 2, (nw - size) // 2
         return resized[:, top : top + size, left : left + size]
     pad_top, pad_left = (size - nh) // 2, (size - nw) // 2
     return F.pad(resized, (pad_left, size - nw - pad_left, pad_top, size - nh - pad_top))
@@ -76,7 +99,8 @@ def resize_image(rgb: np.ndarray | torch.Tensor, contract: InputContract) -> tor
     if hwc.ndim != 3 or hwc.shape[2] != 3:
         raise ValueError(f"expected an H×W×3 RGB image, got shape {tuple(hwc.shape)}")
     chw = hwc.permute(2, 0, 1).float().div(255.0)  # not div_: .float() of a float32 input is the caller's memory
-    return fit_to_square(chw, contract.size, contract.resize_mode, contract.interpolation).clamp_(0.0, 1.0)
+    resized = fit_to_square(chw, contract.size, contract.resize_mode, contract.interpolation, contract.rounding)
+    return resized.clamp_(0.0, 1.0)
 
 
 def normalize_image(chw: torch.Tensor, contract: InputContract) -> torch.Tensor:

@@ -176,7 +176,7 @@ class ManifestDataset(torch.utils.data.Dataset):
             image, mask = augment(image, mask)
         contract = self.recipe.input
         resized = resize_image(image.permute(1, 2, 0), contract)
-        mask = fit_to_square(mask.float(), contract.size, contract.resize_mode) >= 0.5
+        mask = fit_to_square(mask.float(), contract.size, contract.resize_mode, rounding=contract.rounding) >= 0.5
         if augment is not None and augment.stage == "resized":
             resized, mask = augment(resized, mask)
         return {

@@ -120,6 +120,7 @@ class _Training:
     scaler: torch.amp.GradScaler
     ema: Any  # torch.optim.swa_utils.AveragedModel, or None
     total: int  # optimizer steps
+    accumulation: int  # micro-batches per optimizer step on this rank
     eval_every: int  # optimizer steps
 
     @property
@@ -172,7 +173,8 @@ def _set_up(objective_type: type[Objective], model: nn.Module, train: ManifestDa
     if not params:
         raise ValueError(f"recipe {run.recipe.name!r} leaves nothing to train")
     loader = rank_loader(train, spec.batch_size, options.seed, options.workers, rank)
-    steps_per_epoch = max(1, len(loader) // spec.grad_accumulation)
+    accumulation = spec.accumulation(rank.world)
+    steps_per_epoch = max(1, len(loader) // accumulation)
     total = options.max_steps or (options.epochs or spec.epochs) * steps_per_epoch
     optimizer = make_optimizer(spec, params)
     scheduler = make_scheduler(optimizer, spec, total)
@@ -180,7 +182,7 @@ def _set_up(objective_type: type[Objective], model: nn.Module, train: ManifestDa
     ema = _ema(model, spec.ema_decay)  # a copy of the weights before DDP broadcasts rank 0's
     module = data_parallel(objective, rank, device)
     eval_every = options.eval_every or steps_per_epoch
-    return _Training(model, module, params, loader, optimizer, scheduler, scaler, ema, total, eval_every)
+    return _Training(model, module, params, loader, optimizer, scheduler, scaler, ema, total, accumulation, eval_every)
 
 
 def fit(
@@ -205,7 +207,7 @@ def fit(
     run = _Run(recipe, val, options, rank, device, RunFolder(options.out).create(), log)
     if rank.main:
         run.files.write_recipe(recipe)
-        if notes := objective_type.run_notes(recipe):
+        if notes := objective_type.run_notes(recipe, rank.world):
             event("objective", recipe=recipe.name, loss=recipe.train.loss, **notes)
     train.augment = augmenter_for(recipe.train.augment)
     training = _set_up(objective_type, model, train, run)
@@ -227,7 +229,7 @@ def _train(run: _Run, training: _Training, state: dict[str, Any]) -> None:
     while state["step"] < training.total:
         epoch, batch = next(batches)
         micro += 1
-        syncing = micro % spec.grad_accumulation == 0
+        syncing = micro % training.accumulation == 0
         size = stage_size(run.recipe, state["step"] / training.total)
         if rank.main and size != state.get("input_size"):
             event("input_size", step=state["step"], size=size or run.recipe.input.size)
@@ -263,7 +265,7 @@ def _accumulate(run: _Run, training: _Training, batch: dict[str, Any], step: int
     with unsynced, at_input_size(training.model, size):  # a progressive_resize stage: towers read a smaller grid
         with autocast(spec.amp, run.device):
             loss, parts = training.module(batch, step / training.total)
-        training.scaler.scale(loss / spec.grad_accumulation).backward()
+        training.scaler.scale(loss / training.accumulation).backward()
     return {"loss": loss.item(), **parts}
 
 
@@ -331,7 +333,7 @@ def _finish(run: _Run, model: nn.Module, state: dict[str, Any]) -> FitResult:
             "select_by": recipe.train.select_by, "best_metric": state["best_metric"], "threshold": threshold,
             "threshold_rule": "youden on the validation split",
             "data": str(Path(options.data).resolve()) if options.data else None,
-            **OBJECTIVES.get(recipe.train.loss).run_notes(recipe),
+            **OBJECTIVES.get(recipe.train.loss).run_notes(recipe, run.rank.world),
         })  # fmt: skip
     model.eval()
     return FitResult(state["best_metric"], state["best_step"], threshold, state["history"], run.files.path)

@@ -46,8 +46,9 @@ class Objective(nn.Module):
         """Refuse training rows (``ManifestRow``) this objective cannot learn from, before a step is spent."""
 
     @classmethod
-    def run_notes(cls, recipe: Recipe) -> dict[str, Any]:
-        """What the log and the run summary say about how the recipe trains (e.g. which ablation of a paper it is)."""
+    def run_notes(cls, recipe: Recipe, ranks: int = 1) -> dict[str, Any]:
+        """What the log and the run summary say about how the recipe trains on ``ranks`` processes (e.g. which
+        ablation of a paper it is)."""
         return {}
 
     def forward(self, batch: Batch, progress: float) -> tuple[torch.Tensor, dict[str, float]]:
@@ -219,13 +220,13 @@ class Sd2Objective(Objective):
                 )
 
     @classmethod
-    def run_notes(cls, recipe: Recipe) -> dict[str, Any]:
+    def run_notes(cls, recipe: Recipe, ranks: int = 1) -> dict[str, Any]:
         spec = recipe.train.sd2_loss
         return {
             "ablation": sd2_ablation(spec.description_terms),
             "separation_reduction": spec.separation_reduction,
             # per image and L_D term: the rest of the global micro-batch (gradient accumulation adds none)
-            "description_negatives": recipe.train.batch_size - 1 if spec.description_terms else 0,
+            "description_negatives": recipe.train.batch_size * ranks - 1 if spec.description_terms else 0,
         }
 
     def _label_tokens(self, device: torch.device) -> torch.Tensor:

@@ -244,6 +244,13 @@ class TrainSpec(_Frozen):
     )
     warmup_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     grad_accumulation: int = Field(default=1, ge=1)
+    global_batch: int | None = Field(
+        default=None,
+        gt=0,
+        description="images per optimizer step over all ranks, the paper's batch size: the loop "
+        "accumulates global_batch / (batch_size × ranks) micro-batches (SD²'s 512 is 64 on each of 8 GPUs, or 8 "
+        "micro-batches of 64 on one); None: grad_accumulation as given",
+    )
     grad_clip: float = Field(default=0.0, ge=0.0, description="max gradient norm; 0 = off")
     ema_decay: float = Field(default=0.0, ge=0.0, lt=1.0, description="0 = no EMA")
     amp: Literal["none", "fp16", "bf16"] = "fp16"
@@ -254,6 +261,24 @@ class TrainSpec(_Frozen):
     progressive_resize: tuple[ResizeStage, ...] = Field(
         default=(), description="lower-resolution stages before the contract's size (seed 000 §2.2); () = off"
     )
+
+    @model_validator(mode="after")
+    def _one_batch_rule(self) -> TrainSpec:
+        if self.global_batch is not None and self.grad_accumulation != 1:
+            raise ValueError("give global_batch or grad_accumulation, not both: the first decides the second")
+        if self.global_batch is not None and self.global_batch % self.batch_size:
+            raise ValueError(f"global_batch {self.global_batch} is not a multiple of batch_size {self.batch_size}")
+        return self
+
+    def accumulation(self, ranks: int) -> int:
+        """Micro-batches per optimizer step on each of ``ranks`` processes."""
+        if self.global_batch is None:
+            return self.grad_accumulation
+        per_step = self.batch_size * ranks
+        if self.global_batch % per_step:
+            raise ValueError(f"global_batch {self.global_batch} is not a multiple of batch_size {self.batch_size} × "
+                             f"{ranks} ranks; run on a number of ranks that divides it")  # fmt: skip
+        return self.global_batch // per_step
 
     @model_validator(mode="after")
     def _stages_in_order(self) -> TrainSpec:

@@ -259,3 +259,24 @@ def test_mtcnn_finds_the_same_faces_in_tensors_as_in_arrays() -> None:
     # When both are searched for faces, then the same single face comes back
     from_array, from_tensor = detector.detect([frame, frame]), detector.detect([torch.from_numpy(frame)] * 2)
     assert len(from_array[0]) == 1 and from_tensor == from_array
+
+
+@pytest.mark.parametrize("shape", [(300, 451), (301, 455), (451, 300), (224, 227)])
+def test_torchvision_rounding_gives_torchvision_resize_and_centre_crop_pixels(shape: tuple[int, int]) -> None:
+    # Given photos whose scaled long side is fractional (300×451 → 224×336.75) or whose crop offset is a half (224×227)
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as tf
+
+    chw = torch.rand(3, *shape, generator=torch.Generator().manual_seed(0))
+    reference = tf.center_crop(tf.resize(chw, 224, InterpolationMode.BICUBIC, antialias=True), [224, 224])
+
+    # Then the torchvision rule is torchvision's, bit for bit, and the nearest rule (engines before it) is not
+    torch.testing.assert_close(fit_to_square(chw, 224, "shorter_center_crop", "bicubic", "torchvision"), reference,
+                               rtol=0, atol=0)  # fmt: skip
+    assert not torch.equal(fit_to_square(chw, 224, "shorter_center_crop", "bicubic"), reference)
+
+
+def test_a_contract_without_rounding_keeps_the_rounding_engines_were_built_with() -> None:
+    assert InputContract(size=8).rounding == "nearest"
+    with pytest.raises(ValueError, match="rounding"):
+        InputContract(size=8, rounding="ceil")

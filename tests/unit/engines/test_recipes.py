@@ -215,3 +215,36 @@ def test_a_weights_tag_needs_a_named_open_clip_config(tmp_path: Path) -> None:
     data["backbone"]["weights_tag"] = "openai"
     with pytest.raises(ValidationError, match="weights_tag"):
         load_recipe(write_recipe(tmp_path / "r.json", data))
+
+
+def test_a_global_batch_sets_the_accumulation_from_the_ranks() -> None:
+    # SD²'s 512 (§5.1): 64 on each of 8 GPUs as the paper ran, or 8 micro-batches of 64 on one GPU
+    train = load_recipe("sd2-clip-l14").train
+    assert (train.batch_size, train.global_batch) == (64, 512)
+    assert [train.accumulation(ranks) for ranks in (1, 2, 8)] == [8, 4, 1]
+    with pytest.raises(ValueError, match="not a multiple of batch_size 64 × 3 ranks"):
+        train.accumulation(3)
+    assert load_recipe("demo-tiny").train.accumulation(4) == 1
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ({"global_batch": 512, "grad_accumulation": 2}, "not both"),
+        ({"global_batch": 100, "batch_size": 64}, "multiple"),
+    ],
+)
+def test_a_global_batch_that_contradicts_the_batch_is_refused(train: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        recipes.TrainSpec(**train)
+
+
+def test_sd2_reports_the_negatives_of_the_global_batch() -> None:
+    from deepsift.trainer.objectives import OBJECTIVES
+
+    sd2 = OBJECTIVES.get("sd2")
+    assert [sd2.run_notes(load_recipe("sd2-clip-l14"), ranks)["description_negatives"] for ranks in (1, 8)] == [63, 511]
+
+
+def test_the_sd2_recipe_resizes_and_crops_as_torchvision() -> None:
+    assert load_recipe("sd2-clip-l14").input.rounding == "torchvision"
