@@ -12,8 +12,9 @@ it came from by ``name``, ``version`` and ``artifact_sha256``. Schema changes bu
   --uncertain-precision``, chosen by ``trainer.band``).
   ``input.interpolation`` (still schema 2): the resize filter, ``bicubic`` in the paper recipes; manifests written
   before it existed have none and resize ``bilinear``, as their engines were built and checked.
-  ``input.rounding`` (still schema 2): ``torchvision`` rounds the scaled side and the centre crop as torchvision's
-  Resize and CenterCrop (the SD² recipe); manifests without it round as engines before it did (``nearest``).
+  ``input.rounding`` (still schema 2): ``torchvision`` truncates the scaled side and rounds the centre-crop offset
+  as torchvision's Resize and CenterCrop do (the SD² recipe); manifests without it round as engines before it did
+  (``nearest``).
   Optional ``backbone_activation`` (still schema 2; older manifests load with None): the MLP activation of the
   backbone's transformer blocks as built, ``quick_gelu`` where OpenAI CLIP weights need it (``engines.models``).
 """

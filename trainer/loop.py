@@ -172,7 +172,7 @@ def _set_up(objective_type: type[Objective], model: nn.Module, train: ManifestDa
     params = [p for p in objective.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"recipe {run.recipe.name!r} leaves nothing to train")
-    loader = rank_loader(train, spec.batch_size, options.seed, options.workers, rank)
+    loader = rank_loader(train, spec.micro_batch(rank.world), options.seed, options.workers, rank)
     accumulation = spec.accumulation(rank.world)
     steps_per_epoch = max(1, len(loader) // accumulation)
     total = options.max_steps or (options.epochs or spec.epochs) * steps_per_epoch
@@ -214,6 +214,7 @@ def fit(
     state = _fresh_state()
     if options.resume and run.files.last.exists():
         state = training.restore(run.files.load_last(device))
+    state["images_per_step"] = training.loader.batch_size * rank.world * training.accumulation  # for the summary
     _train(run, training, state)
     return _finish(run, model, state)
 
@@ -331,6 +332,7 @@ def _finish(run: _Run, model: nn.Module, state: dict[str, Any]) -> FitResult:
         run.files.write_summary({
             "recipe": recipe.name, "recipe_sha256": recipe.sha256, "best_step": state["best_step"],
             "select_by": recipe.train.select_by, "best_metric": state["best_metric"], "threshold": threshold,
+            "ranks": run.rank.world, "images_per_step": state["images_per_step"],
             "threshold_rule": "youden on the validation split",
             "data": str(Path(options.data).resolve()) if options.data else None,
             **OBJECTIVES.get(recipe.train.loss).run_notes(recipe, run.rank.world),

@@ -226,7 +226,7 @@ class Sd2Objective(Objective):
             "ablation": sd2_ablation(spec.description_terms),
             "separation_reduction": spec.separation_reduction,
             # per image and L_D term: the rest of the global micro-batch (gradient accumulation adds none)
-            "description_negatives": recipe.train.batch_size * ranks - 1 if spec.description_terms else 0,
+            "description_negatives": recipe.train.micro_batch(ranks) - 1 if spec.description_terms else 0,
         }
 
     def _label_tokens(self, device: torch.device) -> torch.Tensor:

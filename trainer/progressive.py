@@ -36,6 +36,8 @@ def resize_batch(batch: dict[str, Any], size: int | None, recipe: Recipe) -> dic
     # bicubic overshoots; preprocess_image clamps to [0, 1] before normalising, so the same bounds here
     out = dict(batch, pixels=torch.clamp(pixels, -mean / std, (1 - mean) / std))
     if isinstance(batch.get("mask"), torch.Tensor):
-        mask = F.interpolate(batch["mask"][:, None].float(), size=(size, size), mode="bilinear", align_corners=False)
+        mask = F.interpolate(
+            batch["mask"][:, None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         out["mask"] = (mask[:, 0] >= 0.5).to(batch["mask"].dtype)
     return out

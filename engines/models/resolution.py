@@ -77,10 +77,23 @@ class _Resampled(nn.Module):
 
 
 def check_input_sizes(model: nn.Module, sizes: Iterable[int]) -> None:
-    """Raise ``ValueError`` before training if a stage's size does not fit some tower's patches."""
-    for table in position_tables(model):
+    """Raise ``ValueError`` before training if a stage's size does not fit some tower's patches, or if the model
+    holds a position table this module does not resample (a ResNet CLIP's attention pool, say): it would fail, or
+    train wrongly, at the first small step. Text towers' tables (``token_embedding`` beside them) are not sized."""
+    sizes = list(sizes)
+    if not sizes:
+        return
+    tables = position_tables(model)
+    for table in tables:
         for size in sizes:
             table.grid_for(size)
+    known = {id(getattr(t.owner, t.name)) for t in tables}
+    for name, module in model.named_modules():
+        for key in ("positional_embedding", "pos_embed"):
+            found = module._parameters.get(key)
+            if found is not None and id(found) not in known and not hasattr(module, "token_embedding"):
+                raise ValueError(f"{name or 'the model'}.{key} ({type(module).__name__}) is a position table "
+                                 "progressive resizing cannot resample; train this recipe without it")  # fmt: skip
 
 
 @contextmanager

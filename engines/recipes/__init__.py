@@ -213,7 +213,7 @@ class AugmentSpec(_Frozen):
 
     @model_validator(mode="after")
     def _one_filter(self) -> AugmentSpec:
-        if (total := self.blur + self.motion_blur + self.sharpen) > 1.0:
+        if (total := self.blur + self.motion_blur + self.sharpen) > 1.0 + 1e-9:  # 0.33 + 0.56 + 0.11 is 1
             raise ValueError(f"blur + motion_blur + sharpen is {total:g}: they are one choice, at most 1 in all")
         return self
 
@@ -247,9 +247,10 @@ class TrainSpec(_Frozen):
     global_batch: int | None = Field(
         default=None,
         gt=0,
-        description="images per optimizer step over all ranks, the paper's batch size: the loop "
-        "accumulates global_batch / (batch_size × ranks) micro-batches (SD²'s 512 is 64 on each of 8 GPUs, or 8 "
-        "micro-batches of 64 on one); None: grad_accumulation as given",
+        description="images per optimizer step over all ranks, the paper's batch size; with it batch_size is per "
+        "rank, and the loop accumulates global_batch / (batch_size × ranks) micro-batches (SD²'s 512 is 64 on each "
+        "of 8 GPUs, or 8 micro-batches of 64 on one). None: batch_size is the micro-batch over all ranks, and "
+        "grad_accumulation is as given",
     )
     grad_clip: float = Field(default=0.0, ge=0.0, description="max gradient norm; 0 = off")
     ema_decay: float = Field(default=0.0, ge=0.0, lt=1.0, description="0 = no EMA")
@@ -269,6 +270,10 @@ class TrainSpec(_Frozen):
         if self.global_batch is not None and self.global_batch % self.batch_size:
             raise ValueError(f"global_batch {self.global_batch} is not a multiple of batch_size {self.batch_size}")
         return self
+
+    def micro_batch(self, ranks: int) -> int:
+        """Images in one micro-batch over all ``ranks`` (what L_D's negatives are drawn from)."""
+        return self.batch_size * ranks if self.global_batch is not None else self.batch_size
 
     def accumulation(self, ranks: int) -> int:
         """Micro-batches per optimizer step on each of ``ranks`` processes."""

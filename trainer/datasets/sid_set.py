@@ -80,15 +80,15 @@ def shard_rows(shard: Path) -> Iterator[dict]:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(shard)
-        missing = [c for c in COLUMNS if c not in parquet.schema_arrow.names]
-        if missing:
-            raise DatasetLayoutError(
-                f"{shard}: no {', '.join(missing)} column{'s' * (len(missing) > 1)} "
-                f"(SID_Set's shards have {', '.join(COLUMNS)})"
-            )
-        for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(COLUMNS)):
-            yield from batch.to_pylist()
+        with pq.ParquetFile(shard) as parquet:
+            missing = [c for c in COLUMNS if c not in parquet.schema_arrow.names]
+            if missing:
+                raise DatasetLayoutError(
+                    f"{shard}: no {', '.join(missing)} column{'s' * (len(missing) > 1)} "
+                    f"(SID_Set's shards have {', '.join(COLUMNS)})"
+                )
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=list(COLUMNS)):
+                yield from batch.to_pylist()
     except (pa.ArrowException, OSError) as e:
         raise DatasetLayoutError(f"{shard}: not a readable parquet file ({e})") from e
 

@@ -222,6 +222,7 @@ def test_a_global_batch_sets_the_accumulation_from_the_ranks() -> None:
     train = load_recipe("sd2-clip-l14").train
     assert (train.batch_size, train.global_batch) == (64, 512)
     assert [train.accumulation(ranks) for ranks in (1, 2, 8)] == [8, 4, 1]
+    assert [train.micro_batch(ranks) for ranks in (1, 8)] == [64, 512]  # batch_size is per rank beside global_batch
     with pytest.raises(ValueError, match="not a multiple of batch_size 64 × 3 ranks"):
         train.accumulation(3)
     assert load_recipe("demo-tiny").train.accumulation(4) == 1

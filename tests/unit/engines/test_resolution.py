@@ -92,3 +92,17 @@ def test_a_cnn_has_no_table_and_the_built_size_changes_nothing() -> None:
         assert type(model.tower) is kind
     fusion = build_detector(load_recipe("tiny-fusion"))
     assert all(t.name == "positional_embedding" for t in position_tables(fusion))  # CLIP's image tower only
+
+
+def test_a_position_table_it_cannot_resample_is_refused_before_training() -> None:
+    # Given a model holding a ViT (resampled) and another module's position table (as a ResNet CLIP's pool has)
+    model = build_detector(load_recipe("tiny-multitask"))
+    model.pool = torch.nn.Module()
+    model.pool.positional_embedding = torch.nn.Parameter(torch.zeros(5, 4))
+    with pytest.raises(ValueError, match=r"pool\.positional_embedding .* cannot resample"):
+        check_input_sizes(model, [32])
+    check_input_sizes(model, [])  # no stage: nothing to refuse
+
+
+def test_text_towers_are_not_sized() -> None:
+    check_input_sizes(build_detector(load_recipe("tiny-sd2")), [32])  # CLIP's text table stays as it is

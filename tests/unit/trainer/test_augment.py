@@ -112,6 +112,7 @@ def test_blur_motion_blur_and_sharpening_are_one_choice() -> None:
     assert [round(c / 4000, 2) for c in counts] == pytest.approx([0.2, 0.3, 0.1], abs=0.03)
     with pytest.raises(ValidationError, match="one choice"):
         AugmentSpec(blur=0.5, motion_blur=0.4, sharpen=0.2)
+    assert AugmentSpec(blur=0.33, motion_blur=0.56, sharpen=0.11).sharpen == 0.11  # 1, in floats a hair over
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])

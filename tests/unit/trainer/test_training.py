@@ -224,3 +224,17 @@ def test_two_processes_train_through_a_progressive_resize_stage(forgery: Path, t
     lines = [json.loads(line) for line in (done.stdout + done.stderr).splitlines() if line.startswith("{")]
     assert [(e["step"], e["size"]) for e in lines if e["event"] == "input_size"] == [(0, 32), (1, 64)]
     assert json.loads((tmp_path / "run" / "history.json").read_text())[-1]["step"] == 2
+
+
+@pytest.mark.parametrize(("train", "per_step"), [({"batch_size": 8}, 8), ({"batch_size": 4, "global_batch": 16}, 16)])
+def test_two_processes_take_the_images_per_step_the_recipe_says(forgery: Path, tmp_path: Path, train, per_step) -> None:
+    # Given batch_size as the micro-batch over all ranks, or per rank beside a global_batch (SD²'s 64 × 8 GPUs = 512)
+    recipe = load_recipe("demo-tiny")
+    recipe = Recipe.model_validate(recipe.model_dump() | {"train": recipe.train.model_dump() | train})
+    (tmp_path / "recipe.json").write_text(recipe.model_dump_json())
+
+    # When torchrun's two processes train 2 steps; Then each optimizer step took the recipe's images over both ranks
+    done = torchrun_fit(str(tmp_path / "recipe.json"), forgery, tmp_path / "run", steps=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["ranks"], summary["images_per_step"]) == (2, per_step)
