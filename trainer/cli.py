@@ -147,10 +147,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         progress=not args.no_progress, device=args.device, data=args.data,
     )  # fmt: skip
     result = fit(recipe, model, dataset_for(args.data, "train", recipe), dataset_for(args.data, "val", recipe), options)
-    print(
-        f"best {recipe.train.select_by} {result.best_metric:.4f} at step {result.best_step}; "
-        f"threshold {result.threshold:.3f}; run in {result.run_dir}"
-    )
+    if result.main:
+        print(f"best {recipe.train.select_by} {result.best_metric:.4f} at step {result.best_step}; "
+              f"threshold {result.threshold:.3f}; run in {result.run_dir}")  # fmt: skip
     return 0
 
 

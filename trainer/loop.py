@@ -63,6 +63,7 @@ class FitResult:
     threshold: float
     history: list[dict[str, float]] = field(default_factory=list)
     run_dir: Path = Path()
+    main: bool = True  # this process is the main rank, which alone validates (the others' figures are empty)
 
 
 def seed_everything(seed: int) -> None:
@@ -338,7 +339,9 @@ def _finish(run: _Run, model: nn.Module, state: dict[str, Any]) -> FitResult:
             **OBJECTIVES.get(recipe.train.loss).run_notes(recipe, run.rank.world),
         })  # fmt: skip
     model.eval()
-    return FitResult(state["best_metric"], state["best_step"], threshold, state["history"], run.files.path)
+    return FitResult(
+        state["best_metric"], state["best_step"], threshold, state["history"], run.files.path, run.rank.main
+    )
 
 
 class _NoBar:

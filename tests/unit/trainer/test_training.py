@@ -192,9 +192,11 @@ def test_fit_runs_through_torchrun_with_two_processes(forgery: Path, tmp_path: P
     # Given two CPU processes started by torchrun (gloo), when the CLI trains 3 steps
     done = torchrun_fit("demo-tiny", forgery, tmp_path, steps=3)
 
-    # Then it finishes and the main rank wrote the run
+    # Then it finishes and the main rank wrote the run, and alone says how it ended (rank 1 holds no best figure)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "best.pt").exists() and json.loads((tmp_path / "history.json").read_text())[-1]["step"] == 3
+    [ending] = [line for line in done.stdout.splitlines() if line.startswith("best ")]
+    assert "-inf" not in ending, ending
 
 
 def test_two_processes_accumulate_gradients_over_micro_batches(forgery: Path, tmp_path: Path) -> None:
