@@ -75,7 +75,9 @@ def require_dir(path: Path, what: str) -> Path:
 
 
 def relative(path: Path, root: Path) -> str:
-    return path.relative_to(root).as_posix()
+    """``path`` relative to ``root``, through ``..`` where it lies outside (SID_Set's media beside the manifest;
+    ``to_rows`` rebases every path onto the manifest's folder)."""
+    return Path(os.path.relpath(path, root)).as_posix()
 
 
 def to_rows(items: list[Item], splits: list[Split], root: Path, manifest_dir: Path) -> list:

@@ -41,7 +41,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
-from deepsift.trainer.datasets.common import IMPORTERS, DatasetLayoutError, ImportOptions, Item, Split
+from deepsift.trainer.datasets.common import IMPORTERS, DatasetLayoutError, ImportOptions, Item, Split, relative
 
 COLUMNS = ("img_id", "image", "mask", "label")
 LABELS = {0: ("real", ""), 1: ("fake", "synthetic"), 2: ("fake", "tampered")}
@@ -91,6 +91,8 @@ def shard_rows(shard: Path) -> Iterator[dict]:
                 yield from batch.to_pylist()
     except (pa.ArrowException, OSError) as e:
         raise DatasetLayoutError(f"{shard}: not a readable parquet file ({e})") from e
+    except UnicodeDecodeError as e:  # a string column whose bytes are not UTF-8, as parquet requires
+        raise DatasetLayoutError(f"{shard}: a text column holds bytes that are not UTF-8 ({e})") from e
 
 
 def embedded_bytes(cell: object) -> bytes | None:
@@ -168,18 +170,13 @@ def write_once(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
-def relative_to(path: Path, root: Path) -> str:
-    """``path`` relative to ``root``, through ``..`` where it lies outside (trainer.datasets.to_rows rebases it)."""
-    return Path(os.path.relpath(path, root)).as_posix()
-
-
 def extract_row(row: dict, where: str, split: Split, media: Path, taken: dict[Path, set[str]], root: Path) -> Item:
     """One row's image (and a tampered row's mask) written under ``media``, as an item of the dataset."""
     img_id = "" if row.get("img_id") is None else str(row["img_id"])
     if not img_id:
         raise DatasetLayoutError(f"{where}: no img_id")
     where = f"{where} (img_id {img_id!r})"
-    if row.get("label") not in LABELS:
+    if type(row.get("label")) is not int or row["label"] not in LABELS:  # not bool: True would pass as 1
         raise DatasetLayoutError(f"{where}: label {row.get('label')!r} is not 0 (real), 1 (synthetic) or 2 (tampered)")
     label, manipulation = LABELS[row["label"]]
     data, suffix = checked_image(embedded_bytes(row.get("image")), where)
@@ -196,8 +193,8 @@ def extract_row(row: dict, where: str, split: Split, media: Path, taken: dict[Pa
     if mask is not None:
         write_once(mask_file, mask)
     return Item(
-        relative_to(image_file, root), label, group=img_id, split=split, manipulation=manipulation,
-        mask_path=relative_to(mask_file, root) if mask is not None else "",
+        relative(image_file, root), label, group=img_id, split=split, manipulation=manipulation,
+        mask_path=relative(mask_file, root) if mask is not None else "",
         video_id=f"{split}/{manipulation or label}/{name}",  # one per image: evaluate's video figures stay per image
     )  # fmt: skip
 

@@ -197,6 +197,17 @@ GOOD = row("000000900001", 0, picture(1))
 NO_MASK_COLUMNS = pa.schema([f for f in SCHEMA if f.name not in ("mask", "label")])
 
 
+BOOL_LABELS = pa.schema([f if f.name != "label" else pa.field("label", pa.bool_()) for f in SCHEMA])
+
+
+def not_utf8_id(root: Path) -> None:
+    """A crafted shard whose img_id column (string, so UTF-8 by the format) holds the bytes ff fe."""
+    offsets = pa.py_buffer(np.array([0, 4], np.int32).tobytes())
+    ids = pa.Array.from_buffers(pa.string(), 1, [None, offsets, pa.py_buffer(b"ok\xff\xfe")])
+    table = pa.Table.from_pylist([GOOD], schema=SCHEMA).set_column(0, "img_id", ids)
+    pq.write_table(table, root / "data" / VALIDATION)
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -215,6 +226,11 @@ NO_MASK_COLUMNS = pa.schema([f for f in SCHEMA if f.name not in ("mask", "label"
         (bad_shard(VALIDATION, [GOOD, row("", 0, picture(2))]), r"row 1: no img_id"),
         (bad_shard("extra-00000-of-00001.parquet", [GOOD]), r"extra-00000-of-00001\.parquet: expected a shard name"),
         (bad_shard(VALIDATION), rf"{VALIDATION}: not a readable parquet file"),
+        (not_utf8_id, rf"{VALIDATION}: a text column holds bytes that are not UTF-8"),
+        (
+            bad_shard(VALIDATION, [row("bad", True, picture(2))], BOOL_LABELS),
+            rf"{VALIDATION} row 0 \(img_id 'bad'\): label True is not 0",
+        ),
     ],
 )
 def test_a_malformed_shard_is_refused_naming_file_and_row(tmp_path: Path, damage, message: str) -> None:
