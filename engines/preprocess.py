@@ -48,8 +48,11 @@ class InputContract(BaseModel):
     )
 
 
-def _resize(chw: torch.Tensor, height: int, width: int, interpolation: Interpolation) -> torch.Tensor:
-    return F.interpolate(chw[None], size=(height, width), mode=interpolation, antialias=True, align_corners=False)[0]
+def resize_pixels(pixels: torch.Tensor, height: int, width: int, interpolation: Interpolation) -> torch.Tensor:
+    """The contract's resize op (antialiased, corners not aligned) on one CHW image or an NCHW batch."""
+    batch = pixels if pixels.ndim == 4 else pixels[None]
+    out = F.interpolate(batch, size=(height, width), mode=interpolation, antialias=True, align_corners=False)
+    return out if pixels.ndim == 4 else out[0]
 
 
 def _scaled_sides(h: int, w: int, size: int, mode: ResizeMode, rounding: Rounding) -> tuple[int, int]:
@@ -78,9 +81,9 @@ def fit_to_square(
     """
     _, h, w = chw.shape
     if mode == "squash":
-        return _resize(chw, size, size, interpolation)
+        return resize_pixels(chw, size, size, interpolation)
     nh, nw = _scaled_sides(h, w, size, mode, rounding)
-    resized = _resize(chw, nh, nw, interpolation)
+    resized = resize_pixels(chw, nh, nw, interpolation)
     if mode == "shorter_center_crop":
         if rounding == "torchvision":  # CenterCrop: int(round(x / 2)), Python's round (half to even)
             top, left = round((nh - size) / 2.0), round((nw - size) / 2.0)

@@ -27,10 +27,14 @@ def _unit(image: torch.Tensor) -> torch.Tensor:
     return image.float() / 255.0 if image.dtype == torch.uint8 else image
 
 
+def _uint8(unit: torch.Tensor) -> torch.Tensor:
+    """Float [0, 1] pixels as 8-bit levels, rounded as an 8-bit image library would."""
+    return (unit.clamp(0.0, 1.0) * 255).round().to(torch.uint8)
+
+
 def _like(result: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-    """A float [0, 1] result back in ``image``'s dtype (uint8 rounds, as an 8-bit image library would)."""
-    result = result.clamp(0.0, 1.0)
-    return (result * 255).round().to(torch.uint8) if image.dtype == torch.uint8 else result
+    """A float [0, 1] result back in ``image``'s dtype."""
+    return _uint8(result) if image.dtype == torch.uint8 else result.clamp(0.0, 1.0)
 
 
 def _clahe(image: torch.Tensor) -> torch.Tensor:
@@ -61,7 +65,7 @@ def _jpeg(quality: tuple[int, int]) -> Transform:
     def apply(image: torch.Tensor) -> torch.Tensor:
         if image.dtype == torch.uint8:
             return encode(image)
-        return encode((image.clamp(0.0, 1.0) * 255).round().to(torch.uint8)).float() / 255.0
+        return encode(_uint8(image)).float() / 255.0
 
     return apply
 

@@ -236,7 +236,7 @@ def _train(run: _Run, training: _Training, state: dict[str, Any]) -> None:
         if rank.main and size != state.get("input_size"):
             event("input_size", step=state["step"], size=size or run.recipe.input.size)
         state["input_size"] = size
-        running.append(_accumulate(run, training, batch, state["step"], syncing))
+        running.append(_accumulate(run, training, batch, state["step"], syncing, size))
         if not syncing:
             continue
         _optimizer_step(training, spec.grad_clip)
@@ -257,10 +257,12 @@ def _train(run: _Run, training: _Training, state: dict[str, Any]) -> None:
     progress.close()
 
 
-def _accumulate(run: _Run, training: _Training, batch: dict[str, Any], step: int, syncing: bool) -> dict[str, float]:
-    """Forward and backward one micro-batch; across ranks, gradients are summed on a step's last micro-batch only.
-    The figures of the batch's loss."""
-    spec, size = run.recipe.train, stage_size(run.recipe, step / training.total)
+def _accumulate(
+    run: _Run, training: _Training, batch: dict[str, Any], step: int, syncing: bool, size: int | None
+) -> dict[str, float]:
+    """Forward and backward one micro-batch at ``size`` (a progressive_resize stage; None: the contract's); across
+    ranks, gradients are summed on a step's last micro-batch only. The figures of the batch's loss."""
+    spec = run.recipe.train
     training.model.train()
     batch = resize_batch(to_device(batch, run.device), size, run.recipe)
     unsynced = training.module.no_sync() if run.rank.world > 1 and not syncing else nullcontext()

@@ -2,8 +2,8 @@
 stages, each until a fraction of the optimizer steps; after the last, training runs at the contract's size.
 
 The data loader always yields contract-size batches (workers cannot see the step), and a stage shrinks them on the
-training device: pixels with the contract's antialiased filter, masks bilinear then thresholded at 0.5 as
-``fit_to_square`` does. The towers read their position embeddings at the stage's grid
+training device with the contract's resize op (``resize_pixels``): pixels with its filter, masks bilinear then
+thresholded at 0.5, as ``fit_to_square`` does. The towers read their position embeddings at the stage's grid
 (``engines.models.resolution``). Validation, the kept checkpoint and the exported engine are always at full size.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from deepsift.engines.preprocess import normalize_image, resize_pixels
 from deepsift.engines.recipes import Recipe
 
 
@@ -30,14 +30,10 @@ def resize_batch(batch: dict[str, Any], size: int | None, recipe: Recipe) -> dic
     if size is None:
         return batch
     contract, pixels = recipe.input, batch["pixels"]
-    pixels = F.interpolate(pixels, size=(size, size), mode=contract.interpolation, antialias=True, align_corners=False)
-    mean = torch.tensor(contract.mean, device=pixels.device)[:, None, None]
-    std = torch.tensor(contract.std, device=pixels.device)[:, None, None]
+    black, white = (normalize_image(torch.full((3, 1, 1), v, device=pixels.device), contract) for v in (0.0, 1.0))
     # bicubic overshoots; preprocess_image clamps to [0, 1] before normalising, so the same bounds here
-    out = dict(batch, pixels=torch.clamp(pixels, -mean / std, (1 - mean) / std))
+    out = dict(batch, pixels=resize_pixels(pixels, size, size, contract.interpolation).clamp(black, white))
     if isinstance(batch.get("mask"), torch.Tensor):
-        mask = F.interpolate(
-            batch["mask"][:, None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )
+        mask = resize_pixels(batch["mask"][:, None].float(), size, size, "bilinear")
         out["mask"] = (mask[:, 0] >= 0.5).to(batch["mask"].dtype)
     return out
