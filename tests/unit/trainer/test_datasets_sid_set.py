@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import re
+import struct
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -197,6 +199,17 @@ GOOD = row("000000900001", 0, picture(1))
 NO_MASK_COLUMNS = pa.schema([f for f in SCHEMA if f.name not in ("mask", "label")])
 
 
+def png_header_only(side: int) -> bytes:
+    """A PNG that claims side × side pixels (a decompression bomb's header) over almost no data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(b"\0" * 10)) + chunk(b"IEND", b"")
+
+
+BOMB = png_header_only(30_000)  # 900 Mpx: past PIL's decompression-bomb limit
 BOOL_LABELS = pa.schema([f if f.name != "label" else pa.field("label", pa.bool_()) for f in SCHEMA])
 
 
@@ -227,6 +240,8 @@ def not_utf8_id(root: Path) -> None:
         (bad_shard("extra-00000-of-00001.parquet", [GOOD]), r"extra-00000-of-00001\.parquet: expected a shard name"),
         (bad_shard(VALIDATION), rf"{VALIDATION}: not a readable parquet file"),
         (not_utf8_id, rf"{VALIDATION}: a text column holds bytes that are not UTF-8"),
+        (bad_shard(VALIDATION, [GOOD, row("bad", 1, BOMB)]), rf"{WHERE}: image bytes do not parse .*decompression"),
+        (bad_shard(VALIDATION, [GOOD, row("bad", 2, picture(2), BOMB)]), rf"{WHERE}: mask bytes .*decompression"),
         (
             bad_shard(VALIDATION, [row("bad", True, picture(2))], BOOL_LABELS),
             rf"{VALIDATION} row 0 \(img_id 'bad'\): label True is not 0",
